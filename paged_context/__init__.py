@@ -1,0 +1,38 @@
+"""paged-context: memory paging for LLM conversations.
+
+Old turns become pages; the pages worth keeping stay resident, the rest are replaced by
+keyword bookmarks `[p7:Caroline,adoption,agency]`, and the model brings them back with
+the `recall` tool. This package is the engine-agnostic core: no torch, no vLLM.
+"""
+
+__version__ = "0.1.0"
+
+from .bookmarks import Bookmark
+from .conversations import Conversation, Probe, load_locomo
+from .keywords import bookmarks
+from .pages import Page, Turn, segment
+from .policies import POLICIES, Policy, ResidentSet, make_policy
+from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
+from .store import PageStore, SQLiteStore
+
+__all__ = [
+    "Bookmark",
+    "Conversation",
+    "POLICIES",
+    "Page",
+    "PageStore",
+    "Policy",
+    "Probe",
+    "RECALL_INSTRUCTION",
+    "RecallError",
+    "ResidentSet",
+    "SQLiteStore",
+    "Turn",
+    "bookmarks",
+    "load_locomo",
+    "make_policy",
+    "parse_recall_arguments",
+    "recall_tool",
+    "render_recall",
+    "segment",
+]

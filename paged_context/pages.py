@@ -1,0 +1,153 @@
+"""Turns, pages, and the boundary strategies that cut a conversation into pages.
+
+A page is a run of whole turns. Segmentation never splits a turn, and never separates an
+assistant turn that calls tools from the tool results that answer it: those form one
+*atom*, and boundaries only fall between atoms. Every strategy decides from the past
+alone, so segmenting a prefix of a conversation yields the same closed pages as
+segmenting the whole of it (the last page of a prefix is the open one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .text import TokenCounter, approx_tokens, jaccard, words
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Turn:
+    index: int  # position in the conversation, from 0
+    role: str
+    text: str
+    speaker: str | None = None  # a display name, when the conversation has named speakers
+    session: int | None = None  # LoCoMo session number
+    dia_id: str | None = None  # LoCoMo dialogue id, "D3:7"
+    tool_call_ids: tuple[str, ...] = ()  # on an assistant turn: the tool calls it makes
+    tool_call_id: str | None = None  # on a tool turn: the call it answers
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"turn {self.index}: role must be one of {ROLES}, got {self.role!r}")
+
+    def render(self) -> str:
+        return f"{self.speaker or self.role}: {self.text}"
+
+
+@dataclass(frozen=True)
+class Page:
+    id: int
+    turns: tuple[Turn, ...]
+    tokens: int = field(compare=False)
+
+    @property
+    def first_turn(self) -> int:
+        return self.turns[0].index
+
+    @property
+    def last_turn(self) -> int:
+        return self.turns[-1].index
+
+    @property
+    def text(self) -> str:
+        """What was said, without speaker labels (what keywords are drawn from)."""
+        return "\n".join(t.text for t in self.turns)
+
+    def render(self) -> str:
+        return "\n".join(t.render() for t in self.turns)
+
+
+def atoms(turns: Sequence[Turn]) -> list[list[Turn]]:
+    """Group turns into the units a boundary may not cut: a tool-calling assistant turn
+    stays with the tool results that answer its calls."""
+    groups: list[list[Turn]] = []
+    open_calls: set[str] = set()
+    for turn in turns:
+        answers_open_call = (
+            turn.role == "tool" and bool(open_calls) and (turn.tool_call_id is None or turn.tool_call_id in open_calls)
+        )
+        if answers_open_call:
+            groups[-1].append(turn)
+            open_calls.discard(turn.tool_call_id)
+        else:
+            groups.append([turn])
+            open_calls = set(turn.tool_call_ids)
+    return groups
+
+
+# A boundary rule sees the turns of the page being filled and the next atom, and says
+# whether the atom must start a new page.
+Boundary = Callable[[list[Turn], list[Turn]], bool]
+
+
+def fixed(n: int) -> Boundary:
+    return lambda page, atom: len(page) >= n
+
+
+def exchange(n: int) -> Boundary:
+    """A new exchange starts at a user turn that follows a non-user turn."""
+
+    def exchanges(turns: list[Turn]) -> int:
+        return sum(1 for i, t in enumerate(turns) if t.role == "user" and (i == 0 or turns[i - 1].role != "user"))
+
+    return lambda page, atom: atom[0].role == "user" and page[-1].role != "user" and exchanges(page) >= n
+
+
+def topic_shift(threshold: float = 0.15, window: int = 5) -> Boundary:
+    """Split when the new turn shares too few words with the page's last `window` turns."""
+
+    def shifted(page: list[Turn], atom: list[Turn]) -> bool:
+        recent = {w.lower() for t in page[-window:] for w in words(t.text)}
+        new = {w.lower() for t in atom for w in words(t.text)}
+        return jaccard(recent, new) < threshold
+
+    return shifted
+
+
+def by_session() -> Boundary:
+    return lambda page, atom: atom[0].session != page[-1].session
+
+
+def token_budget(n: int, count_tokens: TokenCounter) -> Boundary:
+    return lambda page, atom: sum(count_tokens(t.render()) for t in page + atom) > n
+
+
+_STRATEGY = re.compile(r"^(fixed|exchange|tokens)_(\d+)$|^(topic_shift)(?:_([0-9.]+))?$|^(session)$")
+
+STRATEGIES = ("fixed_N", "exchange_N", "tokens_N", "topic_shift[_THRESHOLD]", "session")
+
+
+def boundary(strategy: str, count_tokens: TokenCounter = approx_tokens) -> Boundary:
+    """The rule named by a strategy string such as 'fixed_10' or 'topic_shift_0.2'."""
+    m = _STRATEGY.match(strategy)
+    if not m:
+        raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    kind, n, shift, threshold, session = m.groups()
+    if session:
+        return by_session()
+    if shift:
+        return topic_shift(float(threshold) if threshold else 0.15)
+    if int(n) < 1:
+        raise ValueError(f"{strategy!r}: the size must be at least 1")
+    if kind == "fixed":
+        return fixed(int(n))
+    if kind == "exchange":
+        return exchange(int(n))
+    return token_budget(int(n), count_tokens)
+
+
+def segment(turns: Sequence[Turn], strategy: str, count_tokens: TokenCounter = approx_tokens) -> list[Page]:
+    """Cut turns into pages, numbered from 1 in conversation order."""
+    starts_page = boundary(strategy, count_tokens)
+    groups: list[list[Turn]] = []
+    for atom in atoms(turns):
+        if groups and not starts_page(groups[-1], atom):
+            groups[-1].extend(atom)
+        else:
+            groups.append(list(atom))
+    return [
+        Page(id=i, turns=tuple(g), tokens=sum(count_tokens(t.render()) for t in g)) for i, g in enumerate(groups, start=1)
+    ]
