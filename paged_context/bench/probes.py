@@ -1,0 +1,283 @@
+"""`bench probes`: the cooperative-paging paper's simulator. A grid of page boundaries x
+eviction policies with k resident pages, scored by page availability at probe time on
+LoCoMo and on our planted-fact synthetic conversations, then the recall stand-in's
+trigger rate and precision for each keyword strategy (the paper's Tables 7, 8 and 13)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from .. import keywords, synthetic
+from ..conversations import Conversation, default_locomo_path, load_locomo
+from ..pages import segment
+from ..policies import POLICIES
+from ..probes import ProbeOutcome, simulate
+from .report import pyplot, table, write_json
+
+BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")
+PAPER_EVICTIONS = ("fifo", "lru", "lfu", "belady")
+KEYWORD_STRATEGIES = ("random", "heuristic", "tfidf", "distinctive")
+
+# ANCHORS.md section 2 (percent): Table 7 averages each boundary over the four evictions,
+# Table 8 each eviction over the five boundaries; Table 13 is end-to-end accuracy per
+# bookmark generator under fixed_10 + LRU. Columns: synthetic, LoCoMo.
+PAPER_TABLE7 = {
+    "topic_shift": (56.7, 45.9),
+    "fixed_5": (61.3, 53.3),
+    "fixed_10": (77.0, 50.9),
+    "exchange_5": (77.3, 59.2),
+    "fixed_20": (96.7, 63.9),
+}
+PAPER_TABLE8 = {"fifo": (73.4, 41.7), "lru": (68.6, 52.8), "lfu": (65.6, 58.1), "belady": (87.7, 66.0)}
+PAPER_TABLE13 = {
+    "random": (50.9, 38.8),
+    "heuristic": (72.3, 52.6),
+    "tfidf": (62.3, 47.5),
+    "llm-contextual": (66.0, 38.8),
+    "llm-batch": (68.6, 61.3),
+    "hybrid": (76.7, 45.0),
+}
+PAPER_COLUMN = {"synthetic": 0, "locomo": 1}
+
+
+def _pct(flags) -> float:
+    flags = list(flags)
+    return 100.0 * statistics.fmean(flags) if flags else float("nan")
+
+
+def _summary(outcomes: Sequence[ProbeOutcome]) -> dict:
+    by_cat: dict[str, list[ProbeOutcome]] = defaultdict(list)
+    for o in outcomes:
+        by_cat[o.category].append(o)
+    return {
+        "probes": len(outcomes),
+        "availability": _pct(o.any_resident for o in outcomes),
+        "availability_all": _pct(o.all_resident for o in outcomes),
+        "answered": _pct(o.answered for o in outcomes),
+        "by_category": {
+            c: {"probes": len(os), "availability": _pct(o.any_resident for o in os), "answered": _pct(o.answered for o in os)}
+            for c, os in sorted(by_cat.items())
+        },
+    }
+
+
+def run_grid(convs: Sequence[Conversation], boundaries, policies, k: int, strategy: str, bar) -> dict:
+    grid = {}
+    make = keywords.make(strategy)
+    for boundary in boundaries:
+        pages = [segment(c.turns, boundary) for c in convs]
+        marks = [make(ps) for ps in pages]
+        cell = {
+            "pages_per_conversation": statistics.fmean(len(p) for p in pages),
+            "turns_per_page": sum(len(c.turns) for c in convs) / sum(len(p) for p in pages),
+            "policies": {},
+        }
+        for policy in policies:
+            outcomes = [
+                o
+                for seed, (c, ps, bs) in enumerate(zip(convs, pages, marks))
+                for o in simulate(c, boundary, policy, k, seed, bookmarks=bs, pages=ps)
+            ]
+            cell["policies"][policy] = _summary(outcomes)
+            bar.update()
+        grid[boundary] = cell
+    return grid
+
+
+def run_keywords(convs: Sequence[Conversation], strategies, boundary: str, policy: str, k: int, bar) -> dict:
+    out = {}
+    pages = [segment(c.turns, boundary) for c in convs]
+    for strategy in strategies:
+        make = keywords.make(strategy)
+        outcomes = [
+            o
+            for seed, (c, ps) in enumerate(zip(convs, pages))
+            for o in simulate(c, boundary, policy, k, seed, bookmarks=make(ps), pages=ps)
+        ]
+        faulted = [o for o in outcomes if not o.any_resident]
+        triggered = [o for o in faulted if o.recalled is not None]
+        out[strategy] = {
+            "probes": len(outcomes),
+            "faulted": len(faulted),
+            "recall_trigger": _pct(o.recalled is not None for o in faulted),
+            "recall_precision": _pct(o.recall_correct for o in triggered),
+            "answered": _pct(o.answered for o in outcomes),
+        }
+        bar.update()
+    return out
+
+
+def _paper(anchor: dict, row: str, dataset: str) -> float | None:
+    return anchor[row][PAPER_COLUMN[dataset]] if row in anchor and dataset in PAPER_COLUMN else None
+
+
+def report(result: dict) -> str:
+    out = []
+    sets = result["datasets"]
+    policies, boundaries = result["policies"], result["boundaries"]
+    for name, d in sets.items():
+        grid = d["grid"]
+        out.append(
+            table(
+                ["boundary", "pages/conv", "turns/page"] + policies,
+                [
+                    [b, f"{grid[b]['pages_per_conversation']:.1f}", f"{grid[b]['turns_per_page']:.1f}"]
+                    + [f"{grid[b]['policies'][p]['availability']:.1f} / {grid[b]['policies'][p]['answered']:.1f}" for p in policies]
+                    for b in boundaries
+                ],
+                title=(
+                    f"{name}: % of probes with evidence resident / answered (resident, or recalled by the stand-in through "
+                    f"{result['grid_keywords']} bookmarks); k={result['k']}, {d['conversations']} conversations, {d['probes']} probes"
+                ),
+            )
+        )
+    evictions = [p for p in PAPER_EVICTIONS if p in policies]
+    headers = [h for name in sets for h in (f"{name} resident", f"{name} answered", f"{name} paper")]
+
+    def averaged(d: dict, cells: list[tuple[str, str]], field: str) -> str:
+        return f"{statistics.fmean(d['grid'][b]['policies'][p][field] for b, p in cells):.1f}"
+
+    out.append(
+        table(
+            [f"boundary (avg of {'/'.join(evictions)})"] + headers,
+            [
+                [b]
+                + [
+                    v
+                    for name, d in sets.items()
+                    for v in (
+                        averaged(d, [(b, p) for p in evictions], "availability"),
+                        averaged(d, [(b, p) for p in evictions], "answered"),
+                        _paper(PAPER_TABLE7, b, name),
+                    )
+                ]
+                for b in boundaries
+            ],
+            title="Table 7 of the paper: probes served, by boundary (%)",
+            digits=1,
+        )
+    )
+    out.append(
+        table(
+            ["eviction (avg of boundaries)"] + headers,
+            [
+                [p]
+                + [
+                    v
+                    for name, d in sets.items()
+                    for v in (
+                        averaged(d, [(b, p) for b in boundaries], "availability"),
+                        averaged(d, [(b, p) for b in boundaries], "answered"),
+                        _paper(PAPER_TABLE8, p, name),
+                    )
+                ]
+                for p in policies
+            ],
+            title="Table 8 of the paper: probes served, by eviction policy (%)",
+            digits=1,
+        )
+    )
+    kw = result["keywords"]
+    out.append(
+        table(
+            ["dataset", "strategy", "faulted probes", "recall trigger", "recall precision", "answered", "paper E2E"],
+            [
+                [name, s, r["faulted"], f"{r['recall_trigger']:.1f}", f"{r['recall_precision']:.1f}", f"{r['answered']:.1f}", _paper(PAPER_TABLE13, s, name)]
+                for name, d in sets.items()
+                for s, r in d["keywords"].items()
+            ],
+            title=(
+                f"Keyword strategies under {kw['boundary']} + {kw['policy']} (%). Trigger and precision are over probes whose "
+                "evidence was evicted; the paper's E2E column is a real model's accuracy, ours the stand-in's"
+            ),
+            digits=1,
+        )
+    )
+    for name, d in sets.items():
+        cells = d["grid"].get("fixed_20", next(iter(d["grid"].values())))["policies"]
+        cats = list(next(iter(cells.values()))["by_category"].items())
+        out.append(
+            table(
+                ["policy"] + [f"{c} (n={v['probes']})" for c, v in cats],
+                [[p] + [f"{cells[p]['by_category'][c]['availability']:.1f}" for c, _ in cats] for p in cells],
+                title=f"{name}: % with evidence resident by category, fixed_20 (LoCoMo categories by number)",
+            )
+        )
+    return "\n\n".join(out)
+
+
+def plot(result: dict, path: Path) -> Path:
+    plt = pyplot()
+    sets = result["datasets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
+    for ax, (name, d) in zip(axes[0], sets.items()):
+        boundaries = list(d["grid"])
+        width = 0.8 / len(result["policies"])
+        for j, p in enumerate(result["policies"]):
+            ax.bar([i + j * width for i in range(len(boundaries))], [d["grid"][b]["policies"][p]["availability"] for b in boundaries], width, label=p)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(boundaries))], boundaries)
+        ax.set_ylabel("availability (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{name} (k={result['k']})")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(args) -> dict:
+    sets: dict[str, list[Conversation]] = {}
+    data = args.data or default_locomo_path()
+    if data:
+        sets["locomo"] = load_locomo(data)
+    else:
+        print("bench probes: no LoCoMo file (pass --data PATH or set PAGED_CONTEXT_LOCOMO); running the synthetic set only")
+    if args.synthetic > 0:
+        sets["synthetic"] = synthetic.generate_many(args.synthetic, args.synthetic_seed)
+    if not sets:
+        raise ValueError("nothing to run: no LoCoMo file and --synthetic 0")
+    work = len(sets) * (len(args.boundaries) * len(args.policies) + len(args.keyword_strategies))
+    with tqdm(total=work, desc="bench probes", unit="run", disable=None) as bar:
+        result = {
+            "k": args.k,
+            "boundaries": list(args.boundaries),
+            "policies": list(args.policies),
+            "grid_keywords": args.grid_keywords,
+            "keywords": {"boundary": args.keyword_boundary, "policy": args.keyword_policy},
+            "datasets": {
+                name: {
+                    "source": str(data) if name == "locomo" else f"synthetic seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1}",
+                    "conversations": len(convs),
+                    "probes": sum(len(c.probes) for c in convs),
+                    "grid": run_grid(convs, args.boundaries, args.policies, args.k, args.grid_keywords, bar),
+                    "keywords": run_keywords(convs, args.keyword_strategies, args.keyword_boundary, args.keyword_policy, args.k, bar),
+                }
+                for name, convs in sets.items()
+            },
+            "anchor": {"table7": PAPER_TABLE7, "table8": PAPER_TABLE8, "table13": PAPER_TABLE13, "columns": ["synthetic", "locomo"]},
+        }
+    print(report(result))
+    if args.out:
+        print(f"\nwrote {write_json(args.out, 'probes.json', result)} and {plot(result, args.out / 'probes_availability.png')}")
+    return result
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", type=Path, help="a LoCoMo-format JSON file (default: the dev split in ../shared, or $PAGED_CONTEXT_LOCOMO)")
+    p.add_argument("--synthetic", type=int, default=30, metavar="N", help="planted-fact synthetic conversations to generate (default 30; 0 to skip)")
+    p.add_argument("--synthetic-seed", type=int, default=0, help="first seed of the synthetic conversations (default 0)")
+    p.add_argument("--k", type=int, default=5, help="resident pages (default 5)")
+    p.add_argument("--boundaries", nargs="+", default=list(BOUNDARIES), help="segmentation strategies (default: the paper's five)")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), help="eviction policies (default: all)")
+    p.add_argument("--grid-keywords", default="heuristic", help="bookmarks the stand-in reads in the grid (default heuristic, the paper's)")
+    p.add_argument("--keyword-strategies", nargs="+", default=list(KEYWORD_STRATEGIES), help="bookmark keyword strategies to compare")
+    p.add_argument("--keyword-boundary", default="fixed_10", help="boundary of the keyword comparison (default fixed_10, as the paper)")
+    p.add_argument("--keyword-policy", default="lru", choices=list(POLICIES), help="eviction policy of the keyword comparison (default lru)")
+    p.add_argument("--out", type=Path, help="write probes.json and probes_availability.png here")
