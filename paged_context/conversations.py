@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .pages import Turn
 
-DEFAULT_LOCOMO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo" / "locomo_dev.json"
+LOCOMO_DEV = Path("shared", "data", "locomo", "locomo_dev.json")
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,16 @@ class Conversation:
 
 
 def default_locomo_path() -> Path | None:
-    """The dev split beside the checkout, or $PAGED_CONTEXT_LOCOMO, when present."""
+    """$PAGED_CONTEXT_LOCOMO, else the dev split in a `shared/` folder beside the checkout
+    (or beside the working directory or one of its parents), when present."""
     env = os.environ.get("PAGED_CONTEXT_LOCOMO")
-    path = Path(env) if env else DEFAULT_LOCOMO
-    return path if path.exists() else None
+    if env:
+        return Path(env)  # a wrong path should fail loudly where it is read, not be ignored
+    checkout = Path(__file__).resolve().parent.parent
+    for base in (checkout.parent, Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        if (base / LOCOMO_DEV).exists():
+            return base / LOCOMO_DEV
+    return None
 
 
 _SESSION_KEY = re.compile(r"^session_(\d+)$")
