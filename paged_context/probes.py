@@ -97,17 +97,16 @@ def simulate(
     pages = list(pages) if pages is not None else segment(conversation.turns, boundary)
     page_of_turn = {t.index: p.id for p in pages for t in p.turns}
     by_page = {b.page_id: b for b in bookmarks or ()}
-    events = _events(conversation, pages)
-    accesses = []
-    for kind, item in events:
-        accesses += [item] if kind == "page" else list(_needed(item, page_of_turn))
-    cache = ResidentSet(k, make_policy(policy, seed), future=accesses)
+    events = [
+        (kind, item, _needed(item, page_of_turn) if kind == "probe" else (item,))
+        for kind, item in _events(conversation, pages)
+    ]
+    cache = ResidentSet(k, make_policy(policy, seed), future=[p for _, _, refs in events for p in refs])
     outcomes = []
-    for kind, item in events:
+    for kind, item, needed in events:
         if kind == "page":
             cache.access(item)
             continue
-        needed = _needed(item, page_of_turn)
         if not needed:
             continue
         resident = [p in cache for p in needed]

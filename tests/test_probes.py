@@ -75,7 +75,7 @@ def test_bench_probes_runs_the_full_grid_on_locomo_and_synthetic(tmp_path, locom
         assert set(data["datasets"][name]["keywords"]) == {"random", "heuristic", "tfidf", "distinctive"}
     locomo = data["datasets"]["locomo"]
     assert locomo["conversations"] == 6 and locomo["probes"] >= 1100
-    assert (tmp_path / "probes_availability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "probes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_probes_bad_data_path_is_a_clear_error(tmp_path):

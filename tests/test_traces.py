@@ -73,7 +73,7 @@ def test_bench_traces_cli_writes_json_and_plot(tmp_path):
         assert set(data["policies"][name]["competitive_ratio"]) == {"4", "8"}
     lru = [r for r in data["perturbation"]["rows"] if r["policy"] == "lru" and r["beta"] == 0.1][0]
     assert lru["bound_vacuous"] is True and lru["lemma1a_max_ratio"] <= 1
-    assert (tmp_path / "traces_fault_rate.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "traces.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_traces_reads_a_trace_file(tmp_path):

@@ -17,7 +17,7 @@ from ..conversations import Conversation, default_locomo_path, load_locomo
 from ..pages import segment
 from ..policies import POLICIES
 from ..probes import ProbeOutcome, simulate
-from .report import pyplot, table, write_json
+from .report import publish, pyplot, table
 
 BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")
 PAPER_EVICTIONS = ("fifo", "lru", "lfu", "belady")
@@ -116,6 +116,25 @@ def _paper(anchor: dict, row: str, dataset: str) -> float | None:
     return anchor[row][PAPER_COLUMN[dataset]] if row in anchor and dataset in PAPER_COLUMN else None
 
 
+def _averages_table(result: dict, title: str, label: str, rows: dict[str, list[tuple[str, str]]], anchor: dict) -> str:
+    """One row per entry of `rows`, averaging its (boundary, policy) cells per dataset."""
+    sets = result["datasets"]
+
+    def mean(d: dict, cells: list[tuple[str, str]], field: str) -> str:
+        return f"{statistics.fmean(d['grid'][b]['policies'][p][field] for b, p in cells):.1f}"
+
+    return table(
+        [label] + [h for name in sets for h in (f"{name} resident", f"{name} answered", f"{name} paper")],
+        [
+            [row]
+            + [v for name, d in sets.items() for v in (mean(d, cells, "availability"), mean(d, cells, "answered"), _paper(anchor, row, name))]
+            for row, cells in rows.items()
+        ],
+        title=title,
+        digits=1,
+    )
+
+
 def report(result: dict) -> str:
     out = []
     sets = result["datasets"]
@@ -137,49 +156,22 @@ def report(result: dict) -> str:
             )
         )
     evictions = [p for p in PAPER_EVICTIONS if p in policies]
-    headers = [h for name in sets for h in (f"{name} resident", f"{name} answered", f"{name} paper")]
-
-    def averaged(d: dict, cells: list[tuple[str, str]], field: str) -> str:
-        return f"{statistics.fmean(d['grid'][b]['policies'][p][field] for b, p in cells):.1f}"
-
     out.append(
-        table(
-            [f"boundary (avg of {'/'.join(evictions)})"] + headers,
-            [
-                [b]
-                + [
-                    v
-                    for name, d in sets.items()
-                    for v in (
-                        averaged(d, [(b, p) for p in evictions], "availability"),
-                        averaged(d, [(b, p) for p in evictions], "answered"),
-                        _paper(PAPER_TABLE7, b, name),
-                    )
-                ]
-                for b in boundaries
-            ],
-            title="Table 7 of the paper: probes served, by boundary (%)",
-            digits=1,
+        _averages_table(
+            result,
+            "Table 7 of the paper: probes served, by boundary (%)",
+            f"boundary (avg of {'/'.join(evictions)})",
+            {b: [(b, p) for p in evictions] for b in boundaries},
+            PAPER_TABLE7,
         )
     )
     out.append(
-        table(
-            ["eviction (avg of boundaries)"] + headers,
-            [
-                [p]
-                + [
-                    v
-                    for name, d in sets.items()
-                    for v in (
-                        averaged(d, [(b, p) for b in boundaries], "availability"),
-                        averaged(d, [(b, p) for b in boundaries], "answered"),
-                        _paper(PAPER_TABLE8, p, name),
-                    )
-                ]
-                for p in policies
-            ],
-            title="Table 8 of the paper: probes served, by eviction policy (%)",
-            digits=1,
+        _averages_table(
+            result,
+            "Table 8 of the paper: probes served, by eviction policy (%)",
+            "eviction (avg of boundaries)",
+            {p: [(b, p) for b in boundaries] for p in policies},
+            PAPER_TABLE8,
         )
     )
     kw = result["keywords"]
@@ -263,10 +255,7 @@ def main(args) -> dict:
             },
             "anchor": {"table7": PAPER_TABLE7, "table8": PAPER_TABLE8, "table13": PAPER_TABLE13, "columns": ["synthetic", "locomo"]},
         }
-    print(report(result))
-    if args.out:
-        print(f"\nwrote {write_json(args.out, 'probes.json', result)} and {plot(result, args.out / 'probes_availability.png')}")
-    return result
+    return publish(result, report(result), args.out, "probes", plot)
 
 
 def add_arguments(p) -> None:
@@ -280,4 +269,4 @@ def add_arguments(p) -> None:
     p.add_argument("--keyword-strategies", nargs="+", default=list(KEYWORD_STRATEGIES), help="bookmark keyword strategies to compare")
     p.add_argument("--keyword-boundary", default="fixed_10", help="boundary of the keyword comparison (default fixed_10, as the paper)")
     p.add_argument("--keyword-policy", default="lru", choices=list(POLICIES), help="eviction policy of the keyword comparison (default lru)")
-    p.add_argument("--out", type=Path, help="write probes.json and probes_availability.png here")
+    p.add_argument("--out", type=Path, help="write probes.json and probes.png here")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -35,6 +35,15 @@ def write_json(out: Path, name: str, data: dict) -> Path:
     path = out / name
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def publish(result: dict, text: str, out: Path | None, name: str, plot: Callable[[dict, Path], Path]) -> dict:
+    """Print the report; with an output folder, also write `<name>.json` and the plot."""
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"\nwrote {write_json(out, f'{name}.json', result)} and {plot(result, out / f'{name}.png')}")
+    return result
 
 
 def pyplot():

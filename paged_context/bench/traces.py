@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .. import traces as tr
 from ..policies import POLICIES, count_faults, make_policy
-from .report import mean_std, pyplot, table, write_json
+from .report import mean_std, publish, pyplot, table
 
 SEEDS = tuple(range(42, 52))
 CAPACITIES = (2, 4, 6, 8, 10, 12, 16)
@@ -196,11 +196,7 @@ def main(args) -> dict:
         spec=None if args.trace_file else spec.as_dict(),
         anchor={"paper_at_8": PAPER_AT_8, "reimplementation_sweep": REIMPL_SWEEP, "paper_cascade_lru": PAPER_CASCADE_LRU},
     )
-    print(f"bench traces: {source}")
-    print(report(result))
-    if args.out:
-        print(f"\nwrote {write_json(args.out, 'traces.json', result)} and {plot(result, args.out / 'traces_fault_rate.png')}")
-    return result
+    return publish(result, f"bench traces: {source}\n{report(result)}", args.out, "traces", plot)
 
 
 def add_arguments(p) -> None:
@@ -211,4 +207,4 @@ def add_arguments(p) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS), help="perturbation strengths beta")
     p.add_argument("--perturb-capacity", type=int, default=8, metavar="K_B", help="cache size of the perturbation sweep (default 8)")
     p.add_argument("--length", type=int, default=tr.TraceSpec.length, metavar="T", help="synthetic trace length (default 5000)")
-    p.add_argument("--out", type=Path, help="write traces.json and traces_fault_rate.png here")
+    p.add_argument("--out", type=Path, help="write traces.json and traces.png here")
