@@ -23,6 +23,15 @@ BENCHMARKS = {
 }
 
 
+COMMANDS = {
+    "train-controller": (
+        "paged_context.models.train",
+        "train the learned Page Controller (imitation of Belady with DAgger, under accelerate; also runs "
+        "under `accelerate launch`), then evaluate it and write its model card",
+    ),
+}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="paged-context",
@@ -38,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
         sub = kinds.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(module=module)
         importlib.import_module(module).add_arguments(sub)
     return p

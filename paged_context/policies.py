@@ -43,6 +43,14 @@ class Policy(ABC):
     @abstractmethod
     def on_evict(self, key: Key) -> None: ...
 
+    # Conversation-aware policies also read what the keys are and what is being asked;
+    # the classical ones ignore both.
+    def attach(self, pages: Sequence) -> None:
+        """The pages behind the keys (a policy may read a page once it has been written)."""
+
+    def on_request(self, text: str) -> None:
+        """A new request (question, user turn) arrived."""
+
 
 class ResidentSet:
     """Which keys are resident, at most `capacity` of them."""
@@ -263,10 +271,17 @@ class Belady(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (FIFO, LRU, LFU, RandomPolicy, ARC, Belady)}
-ONLINE = tuple(name for name, p in POLICIES.items() if not p.offline)
+CLASSICAL_ONLINE = tuple(name for name, p in POLICIES.items() if not p.offline)
+# The learned controller lives in paged_context.controller (it needs NumPy and a checkpoint).
+NAMES = (*POLICIES, "learned")
 
 
-def make_policy(name: str, seed: int = 0) -> Policy:
+def make_policy(name: str, seed: int = 0, controller=None) -> Policy:
+    """A policy by name; `controller` is a checkpoint path or a loaded Controller for 'learned'."""
+    if name == "learned":
+        from .controller import Controller, LearnedPolicy
+
+        return LearnedPolicy(controller if isinstance(controller, Controller) else Controller.load(controller))
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {name!r}; available: {', '.join(NAMES)}")
     return RandomPolicy(seed) if name == "random" else POLICIES[name]()

@@ -16,6 +16,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Hashable, Sequence
 
+from .policies import Policy
+
 
 @dataclass(frozen=True)
 class TraceSpec:
@@ -50,6 +52,38 @@ def perturb(trace: Sequence[Hashable], beta: float, seed: int, universe: Sequenc
             pass
         out[i] = b
     return out
+
+
+class PhaseOracleLFU(Policy):
+    """A reference, not a contender: LFU whose counts restart exactly when the generator
+    redraws the working set. It knows what no online policy can (the phase boundaries),
+    so it shows roughly how far knowing *when* the working set moves could take one."""
+
+    name = "phase-oracle-lfu"
+
+    def __init__(self, phase: int):
+        self.phase = phase
+
+    def start(self, capacity, future=None):
+        self.count: dict = {}
+        self.last: dict = {}
+
+    def _reference(self, key, step):
+        phase, (count, seen) = step // self.phase, self.count.get(key, (0, -1))
+        self.count[key] = ((count if seen == phase else 0) + 1, phase)
+        self.last[key] = step
+
+    on_hit = _reference
+
+    def on_admit(self, key, step):
+        self._reference(key, step)
+
+    def victim(self, incoming, step):
+        phase = step // self.phase
+        return min(self.last, key=lambda k: (self.count[k][0] if self.count[k][1] == phase else 0, self.last[k]))
+
+    def on_evict(self, key):
+        del self.last[key]
 
 
 def theorem4_bound(competitive: float, opt_faults: float, capacity: int, beta: float, length: int) -> float:

@@ -2,10 +2,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from paged_context.bookmarks import Bookmark
 from paged_context.conversations import Conversation, Probe
 from paged_context.pages import Turn, segment
-from paged_context.probes import pick_bookmark, simulate
+from paged_context.probes import pick_bookmark, simulate, split_spec
 
 
 def conversation(probes, n=30):
@@ -85,3 +87,23 @@ def test_bench_probes_bad_data_path_is_a_clear_error(tmp_path):
     bad.write_text('{"not": "locomo"}')
     done = run_cli("bench", "probes", "--data", str(bad), "--synthetic", "0")
     assert done.returncode == 2 and "not a LoCoMo file" in done.stderr
+
+
+def test_policy_specs():
+    assert split_spec("lru") == ("lru", None)
+    assert split_spec("arc+bm25") == ("arc", "bm25")
+    assert split_spec("learned+prefetch") == ("learned", "learned")
+    for bad in ("lru+prefetch", "lru+magic"):
+        with pytest.raises(ValueError, match="bad policy spec"):
+            split_spec(bad)
+
+
+def test_bm25_prefetch_brings_the_matching_page_into_context():
+    turns = tuple(Turn(i, "user" if i % 2 == 0 else "assistant", f"small talk {i}") for i in range(30))
+    turns = turns[:3] + (Turn(3, "assistant", "Your dentist appointment is on Friday"),) + turns[4:]
+    conv = Conversation("c", turns, (Probe(30, "When is the dentist appointment?", "Friday", (3,), "x"),))
+    (plain,) = simulate(conv, "fixed_5", "lru", k=2)
+    (fetched,) = simulate(conv, "fixed_5", "lru", k=2, prefetch="bm25", budget=1)
+    assert not plain.any_in_context and fetched.prefetched == (1,) and fetched.any_in_context and not fetched.any_resident
+    with pytest.raises(ValueError, match="needs the learned policy"):
+        simulate(conv, "fixed_5", "lru", k=2, prefetch="learned")

@@ -15,8 +15,8 @@ from tqdm import tqdm
 from .. import keywords, synthetic
 from ..conversations import Conversation, default_locomo_path, load_locomo
 from ..pages import segment
-from ..policies import POLICIES
-from ..probes import ProbeOutcome, simulate
+from ..policies import NAMES, make_policy
+from ..probes import ProbeOutcome, simulate, split_spec
 from .report import publish, pyplot, table
 
 BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")
@@ -56,17 +56,21 @@ def _summary(outcomes: Sequence[ProbeOutcome]) -> dict:
         by_cat[o.category].append(o)
     return {
         "probes": len(outcomes),
-        "availability": _pct(o.any_resident for o in outcomes),
-        "availability_all": _pct(o.all_resident for o in outcomes),
+        "availability": _pct(o.any_in_context for o in outcomes),
+        "availability_all": _pct(o.all_in_context for o in outcomes),
         "answered": _pct(o.answered for o in outcomes),
+        "prefetched_per_probe": statistics.fmean(len(o.prefetched) for o in outcomes) if outcomes else 0.0,
         "by_category": {
-            c: {"probes": len(os), "availability": _pct(o.any_resident for o in os), "answered": _pct(o.answered for o in os)}
+            c: {"probes": len(os), "availability": _pct(o.any_in_context for o in os), "answered": _pct(o.answered for o in os)}
             for c, os in sorted(by_cat.items())
         },
     }
 
 
-def run_grid(convs: Sequence[Conversation], boundaries, policies, k: int, strategy: str, bar) -> dict:
+def run_grid(
+    convs: Sequence[Conversation], boundaries, specs, k: int, strategy: str, bar, controller=None, budget: int = 3
+) -> dict:
+    """Availability for every boundary x policy spec ('lru', 'lru+bm25', 'learned+prefetch')."""
     grid = {}
     make = keywords.make(strategy)
     for boundary in boundaries:
@@ -77,13 +81,16 @@ def run_grid(convs: Sequence[Conversation], boundaries, policies, k: int, strate
             "turns_per_page": sum(len(c.turns) for c in convs) / sum(len(p) for p in pages),
             "policies": {},
         }
-        for policy in policies:
+        for spec in specs:
+            policy, prefetch = split_spec(spec)
             outcomes = [
                 o
                 for seed, (c, ps, bs) in enumerate(zip(convs, pages, marks))
-                for o in simulate(c, boundary, policy, k, seed, bookmarks=bs, pages=ps)
+                for o in simulate(
+                    c, boundary, make_policy(policy, seed, controller), k, seed, bookmarks=bs, pages=ps, prefetch=prefetch, budget=budget
+                )
             ]
-            cell["policies"][policy] = _summary(outcomes)
+            cell["policies"][spec] = _summary(outcomes)
             bar.update()
         grid[boundary] = cell
     return grid
@@ -174,6 +181,21 @@ def report(result: dict) -> str:
             PAPER_TABLE8,
         )
     )
+    for name, d in sets.items():
+        specs = result["prefetch"]["specs"]
+        out.append(
+            table(
+                ["boundary"] + specs,
+                [
+                    [b] + [f"{d['prefetch'][b]['policies'][s]['availability']:.1f} / {d['prefetch'][b]['policies'][s]['availability_all']:.1f}" for s in specs]
+                    for b in boundaries
+                ],
+                title=(
+                    f"{name}: % of probes with any / all evidence pages in context, k={result['k']} resident + up to "
+                    f"{result['prefetch']['budget']} prefetched pages"
+                ),
+            )
+        )
     kw = result["keywords"]
     out.append(
         table(
@@ -235,12 +257,15 @@ def main(args) -> dict:
         sets["synthetic"] = synthetic.generate_many(args.synthetic, args.synthetic_seed)
     if not sets:
         raise ValueError("nothing to run: no LoCoMo file and --synthetic 0")
-    work = len(sets) * (len(args.boundaries) * len(args.policies) + len(args.keyword_strategies))
+    for spec in [*args.policies, *args.prefetch]:
+        split_spec(spec)  # a typo fails before any work
+    work = len(sets) * (len(args.boundaries) * (len(args.policies) + len(args.prefetch)) + len(args.keyword_strategies))
     with tqdm(total=work, desc="bench probes", unit="run", disable=None) as bar:
         result = {
             "k": args.k,
             "boundaries": list(args.boundaries),
             "policies": list(args.policies),
+            "prefetch": {"specs": list(args.prefetch), "budget": args.prefetch_budget},
             "grid_keywords": args.grid_keywords,
             "keywords": {"boundary": args.keyword_boundary, "policy": args.keyword_policy},
             "datasets": {
@@ -248,7 +273,10 @@ def main(args) -> dict:
                     "source": str(data) if name == "locomo" else f"synthetic seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1}",
                     "conversations": len(convs),
                     "probes": sum(len(c.probes) for c in convs),
-                    "grid": run_grid(convs, args.boundaries, args.policies, args.k, args.grid_keywords, bar),
+                    "grid": run_grid(convs, args.boundaries, args.policies, args.k, args.grid_keywords, bar, args.controller),
+                    "prefetch": run_grid(
+                        convs, args.boundaries, args.prefetch, args.k, args.grid_keywords, bar, args.controller, args.prefetch_budget
+                    ),
                     "keywords": run_keywords(convs, args.keyword_strategies, args.keyword_boundary, args.keyword_policy, args.k, bar),
                 }
                 for name, convs in sets.items()
@@ -264,9 +292,17 @@ def add_arguments(p) -> None:
     p.add_argument("--synthetic-seed", type=int, default=0, help="first seed of the synthetic conversations (default 0)")
     p.add_argument("--k", type=int, default=5, help="resident pages (default 5)")
     p.add_argument("--boundaries", nargs="+", default=list(BOUNDARIES), help="segmentation strategies (default: the paper's five)")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), help="eviction policies (default: all)")
+    p.add_argument("--policies", nargs="+", default=list(NAMES), help="eviction policies of the grid (default: all, the learned controller included)")
+    p.add_argument(
+        "--prefetch",
+        nargs="+",
+        default=["lru+bm25", "arc+bm25", "learned+prefetch"],
+        help="policy specs with prefetch: NAME+bm25 (BM25 picks the pages) or learned+prefetch (the controller does)",
+    )
+    p.add_argument("--prefetch-budget", type=int, default=3, metavar="B", help="pages prefetched per question at most (default 3)")
+    p.add_argument("--controller", type=Path, help="controller checkpoint for the learned policy (default: the shipped one)")
     p.add_argument("--grid-keywords", default="heuristic", help="bookmarks the stand-in reads in the grid (default heuristic, the paper's)")
     p.add_argument("--keyword-strategies", nargs="+", default=list(KEYWORD_STRATEGIES), help="bookmark keyword strategies to compare")
     p.add_argument("--keyword-boundary", default="fixed_10", help="boundary of the keyword comparison (default fixed_10, as the paper)")
-    p.add_argument("--keyword-policy", default="lru", choices=list(POLICIES), help="eviction policy of the keyword comparison (default lru)")
+    p.add_argument("--keyword-policy", default="lru", choices=list(NAMES), help="eviction policy of the keyword comparison (default lru)")
     p.add_argument("--out", type=Path, help="write probes.json and probes.png here")

@@ -11,7 +11,7 @@ from typing import Hashable, Sequence
 from tqdm import tqdm
 
 from .. import traces as tr
-from ..policies import POLICIES, count_faults, make_policy
+from ..policies import CLASSICAL_ONLINE, NAMES, count_faults, make_policy
 from .report import mean_std, publish, pyplot, table
 
 SEEDS = tuple(range(42, 52))
@@ -32,6 +32,7 @@ REIMPL_SWEEP = {
     "lru": dict(zip(CAPACITIES, (0.669, 0.460, 0.323, 0.228, 0.157, 0.101, 0.028))),
 }
 PAPER_CASCADE_LRU = 1.13
+LEARNED_TARGET_CR = 1.45
 # Both are K_b-competitive (Sleator & Tarjan), the c Theorem 4 needs.
 COMPETITIVE = {"lru": "K_b", "fifo": "K_b"}
 
@@ -39,19 +40,23 @@ COMPETITIVE = {"lru": "K_b", "fifo": "K_b"}
 def run(
     traces: Sequence[tuple[int, Sequence[Hashable]]],
     capacities: Sequence[int] = CAPACITIES,
-    policies: Sequence[str] = tuple(POLICIES),
+    policies: Sequence[str] = NAMES,
     betas: Sequence[float] = BETAS,
     perturb_capacity: int = 8,
+    controller=None,
+    phase: int | None = None,
 ) -> dict:
-    """`traces` pairs a seed (for Random and the perturbation) with a trace."""
-    if "belady" not in policies:
-        policies = (*policies, "belady")
+    """`traces` pairs a seed (for Random and the perturbation) with a trace. `controller`
+    is the learned policy's checkpoint; with the generator's `phase` length, the
+    phase-oracle LFU is run as a reference."""
+    policies = tuple(policies) + ("belady",) * ("belady" not in policies) + (tr.PhaseOracleLFU.name,) * bool(phase)
     sweep = len(traces) * len(policies) * (len(capacities) + 1 + len(betas))
     bar = tqdm(total=sweep, desc="bench traces", unit="sim", disable=None)
 
     def faults(trace, capacity, name, seed) -> int:
         bar.update()
-        return count_faults(trace, capacity, make_policy(name, seed))
+        policy = tr.PhaseOracleLFU(phase) if name == tr.PhaseOracleLFU.name else make_policy(name, seed, controller)
+        return count_faults(trace, capacity, policy)
 
     per_seed = {
         name: {k: [faults(t, k, name, seed) for seed, t in traces] for k in capacities} for name in policies
@@ -133,6 +138,27 @@ def report(result: dict) -> str:
             title="Fault rate by cache size",
         ),
     ]
+    if "learned" in pols:
+        classical = [n for n in CLASSICAL_ONLINE if n in pols]
+        best = {k: min(classical, key=lambda n: pols[n]["fault_rate"][str(k)]) for k in caps}
+        out.append(
+            table(
+                ["K_b", "learned", "best classical online", "its fault rate", "learned CR", "its CR", "learned no worse"],
+                [
+                    (
+                        k,
+                        pols["learned"]["fault_rate"][str(k)],
+                        best[k],
+                        pols[best[k]]["fault_rate"][str(k)],
+                        f"{pols['learned']['competitive_ratio'][str(k)]:.3f}",
+                        f"{pols[best[k]]['competitive_ratio'][str(k)]:.3f}",
+                        "yes" if pols["learned"]["fault_rate"][str(k)] <= pols[best[k]]["fault_rate"][str(k)] else "NO",
+                    )
+                    for k in caps
+                ],
+                title=f"The learned controller against the best classical online policy (target at K_b=8: CR <= {LEARNED_TARGET_CR})",
+            )
+        )
     pert = result["perturbation"]
     out.append(
         table(
@@ -188,7 +214,8 @@ def main(args) -> dict:
         spec = tr.TraceSpec(length=args.length)
         traces = [(seed, tr.generate(seed, spec)) for seed in args.seeds]
         source = f"Neural Paging synthetic protocol, seeds {args.seeds[0]}..{args.seeds[-1]}"
-    result = run(traces, args.capacities, args.policies, args.betas, args.perturb_capacity)
+    phase = None if args.trace_file else spec.phase
+    result = run(traces, args.capacities, args.policies, args.betas, args.perturb_capacity, args.controller, phase)
     result.update(
         source=source,
         n_traces=len(traces),
@@ -203,7 +230,8 @@ def add_arguments(p) -> None:
     p.add_argument("--trace-file", type=Path, help="evaluate this trace (one block id per line, or JSONL) instead of the synthetic protocol")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="trace seeds (default 42..51); with --trace-file they seed Random and the perturbation")
     p.add_argument("--capacities", type=int, nargs="+", default=list(CAPACITIES), metavar="K_B", help="cache sizes in blocks (default 2 4 6 8 10 12 16)")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), help="policies to run (Belady is always added: ratios need it)")
+    p.add_argument("--policies", nargs="+", default=list(NAMES), choices=list(NAMES), help="policies to run (Belady is always added: ratios need it)")
+    p.add_argument("--controller", type=Path, help="controller checkpoint for the learned policy (default: the shipped one)")
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS), help="perturbation strengths beta")
     p.add_argument("--perturb-capacity", type=int, default=8, metavar="K_B", help="cache size of the perturbation sweep (default 8)")
     p.add_argument("--length", type=int, default=tr.TraceSpec.length, metavar="T", help="synthetic trace length (default 5000)")

@@ -1,0 +1,427 @@
+"""Training the Page Controller: imitation of Belady, with DAgger rounds, under accelerate.
+
+One script does the whole run (`paged-context train-controller`, or the same under
+`accelerate launch`):
+
+1. Roll out policies on training data and record every decision with its oracle label:
+   at an eviction, the resident page Belady would drop (the one used farthest in the
+   future); at a request, the pages the request then used (what prefetch should bring).
+   Round 0 acts half as Belady, half at random; later rounds act as the controller trained
+   so far, so it learns to recover from its own states (DAgger), with some expert moves.
+2. Train on everything recorded so far: a listwise cross-entropy per decision (softmax
+   over the candidates' scores, negated for evictions), groups of decisions weighted so
+   each data source counts the same whatever its size.
+
+Training data never overlaps evaluation: Neural Paging traces use seeds from 1000 (the
+benchmark uses 42..51) and synthetic conversations seeds from 10000 (the benchmark uses
+0..29). LoCoMo dev conversations are used when a file is given; held-out conversations
+must not be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from paged_context import synthetic
+from paged_context import traces as tr
+from paged_context.controller import FEATURES, Controller, LearnedPolicy
+from paged_context.conversations import Conversation, load_locomo
+from paged_context.policies import ResidentSet
+from paged_context.probes import simulate
+
+DISTANCE_CAP = 5000  # steps; "never again" counts as this far
+# How much each source weighs in the loss, whatever its number of decisions.
+GROUP_SHARES = {
+    "traces/evict": 0.4,
+    "synthetic/evict": 0.15,
+    "synthetic/prefetch": 0.15,
+    "locomo/evict": 0.15,
+    "locomo/prefetch": 0.15,
+}
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    trace_seeds: int = 20  # Neural Paging traces from seed 1000, one per cache size each
+    capacities: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16)
+    synthetic: int = 40  # planted-fact conversations from seed 10000
+    locomo: str | None = None  # a LoCoMo-format file of training conversations
+    locomo_ids: tuple[str, ...] | None = None  # train on these of its conversations only
+    boundaries: tuple[str, ...] = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift", "session")
+    k: int = 5
+    prefetch_budget: int = 3
+    rounds: int = 3
+    expert_share: float = 0.25  # share of decisions the expert takes in DAgger rounds
+    keep: float = 0.5  # share of trace decisions recorded (conversations: all)
+    epochs: int = 10
+    batch: int = 512  # decisions per step
+    lr: float = 3e-3
+    hidden: int = 64
+    regression: float = 1.0  # weight of the next-use distance regression beside the listwise loss
+    mixed_precision: str = "no"
+
+
+@dataclass
+class Decisions:
+    """Recorded decisions: candidate features, the oracle's target weights, and whether
+    the decision picks the page to drop (evict) or the pages to bring (prefetch)."""
+
+    x: list[np.ndarray] = field(default_factory=list)
+    target: list[np.ndarray] = field(default_factory=list)
+    distance: list[np.ndarray] = field(default_factory=list)  # log1p(steps to next use), capped
+    group: list[str] = field(default_factory=list)
+
+    def add(self, group: str, x: np.ndarray, target: np.ndarray, distance: np.ndarray) -> None:
+        self.x.append(x)
+        self.target.append(target / target.sum())
+        self.distance.append(np.log1p(np.minimum(distance, DISTANCE_CAP)).astype(np.float32))
+        self.group.append(group)
+
+    def extend(self, other: Decisions) -> None:
+        self.x += other.x
+        self.target += other.target
+        self.distance += other.distance
+        self.group += other.group
+
+    def save(self, path: Path) -> None:
+        sizes = np.array([len(t) for t in self.target])
+        np.savez_compressed(
+            path, x=np.concatenate(self.x), target=np.concatenate(self.target), distance=np.concatenate(self.distance), sizes=sizes, group=np.array(self.group)
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Decisions:
+        data = np.load(path)
+        cuts = np.cumsum(data["sizes"])[:-1]
+        split = lambda name: list(np.split(data[name], cuts))  # noqa: E731
+        return cls(split("x"), split("target"), split("distance"), [str(g) for g in data["group"]])
+
+
+class Recorder(LearnedPolicy):
+    """Acts as the controller (or, without one, half as Belady and half at random) and
+    records every decision with Belady's label."""
+
+    def __init__(self, controller: Controller | None, source: str, sink: Decisions, rng: random.Random, expert_share: float, keep: float, subgroup: str = ""):
+        self.controller = controller
+        self.source, self.sink, self.rng, self.subgroup = source, sink, rng, subgroup
+        self.expert_share = expert_share if controller else 0.5
+        self.keep = keep
+        self.pending: tuple[np.ndarray, list] | None = None
+
+    def start(self, capacity, future=None):
+        super().start(capacity, future)
+        self.uses: dict = defaultdict(list)
+        for i, key in enumerate(future or ()):
+            self.uses[key].append(i)
+        self.used_since: set = set()
+
+    def _next_use(self, key, step: int) -> float:
+        uses = self.uses[key]
+        i = bisect_left(uses, step)
+        return uses[i] if i < len(uses) else math.inf
+
+    def on_hit(self, key, step):
+        super().on_hit(key, step)
+        self.used_since.add(key)
+
+    def on_admit(self, key, step):
+        super().on_admit(key, step)
+        self.used_since.add(key)
+
+    def victim(self, incoming, step):
+        keys = list(self.resident)
+        x = self.features(keys, step)
+        due = np.array([self._next_use(k, step + 1) for k in keys])
+        expert = np.flatnonzero(due == due.max())
+        if self.rng.random() < self.keep:
+            target = np.zeros(len(keys), dtype=np.float32)
+            target[expert] = 1
+            self.sink.add(f"{self.source}/evict{self.subgroup}", x, target, due - step)
+        if self.rng.random() < self.expert_share:
+            return keys[expert[0]]
+        if self.controller is None:
+            return keys[self.rng.randrange(len(keys))]
+        return keys[int(np.argmin(self.controller.score(x)))]
+
+    def on_request(self, text):
+        self.finish()
+        super().on_request(text)
+
+    def prefetch(self, candidates, budget, step, threshold=None):
+        if not candidates:
+            return []
+        candidates = list(candidates)
+        self.pending = (self.features(candidates, step), candidates, np.array([self._next_use(c, step) for c in candidates]) - step)
+        self.used_since = set()
+        return super().prefetch(candidates, budget, step, -math.inf) if self.controller else []
+
+    def finish(self) -> None:
+        """Label the last prefetch with the pages its request went on to use."""
+        if self.pending is not None:
+            x, candidates, distance = self.pending
+            target = np.array([c in self.used_since for c in candidates], dtype=np.float32)
+            if target.any():
+                self.sink.add(f"{self.source}/prefetch", x, target, distance)
+            self.pending = None
+
+
+def collect(cfg: TrainConfig, controller: Controller | None, round_: int, convs: dict[str, list[Conversation]], progress) -> Decisions:
+    sink = Decisions()
+    rng = random.Random(cfg.seed * 7919 + round_)
+
+    def recorder(source: str, subgroup: str = "") -> Recorder:
+        return Recorder(controller, source, sink, rng, cfg.expert_share, cfg.keep if source == "traces" else 1.0, subgroup)
+
+    for seed in range(1000, 1000 + cfg.trace_seeds):
+        trace = tr.generate(seed)
+        for capacity in cfg.capacities:
+            cache = ResidentSet(capacity, recorder("traces", f"@{capacity}"), future=trace)
+            for key in trace:
+                cache.access(key)
+            progress()
+    for source, conversations in convs.items():
+        for conv in conversations:
+            for boundary in cfg.boundaries:
+                policy = recorder(source)
+                simulate(conv, boundary, policy, cfg.k, prefetch="learned", budget=cfg.prefetch_budget)
+                policy.finish()
+                progress()
+    return sink
+
+
+def _flatten(data: Decisions, device):
+    import torch
+
+    sizes = torch.tensor([len(t) for t in data.target])
+    seg = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    counts = defaultdict(int)
+    for g in data.group:
+        counts[g] += 1
+    # "traces/evict@8": a base group's share is split evenly between its subgroups
+    subgroups = defaultdict(int)
+    for g in counts:
+        subgroups[g.split("@")[0]] += 1
+    shares = {g: GROUP_SHARES.get(g.split("@")[0], 0.1) / subgroups[g.split("@")[0]] for g in counts}
+    total = sum(shares.values())
+    weight = torch.tensor([shares[g] / total / counts[g] for g in data.group])
+    sign = torch.tensor([1.0 if g.endswith("/prefetch") else -1.0 for g in data.group])
+    return (
+        torch.from_numpy(np.concatenate(data.x)).float().to(device),
+        torch.from_numpy(np.concatenate(data.target)).float().to(device),
+        torch.from_numpy(np.concatenate(data.distance)).float().to(device),
+        seg.to(device),
+        sizes,
+        weight.to(device),
+        sign.to(device),
+    )
+
+
+def listwise_loss(scores, target, seg, n_seg, weight, sign):
+    """Cross-entropy between each decision's target and the softmax of its candidates'
+    (signed) scores, weighted per decision."""
+    import torch
+
+    logits = scores * sign[seg]
+    peak = torch.full((n_seg,), -torch.inf, device=scores.device).scatter_reduce(0, seg, logits.detach(), "amax")
+    z = torch.zeros(n_seg, device=scores.device).index_add(0, seg, torch.exp(logits - peak[seg]))
+    logp = logits - peak[seg] - torch.log(z)[seg]
+    per_decision = -torch.zeros(n_seg, device=scores.device).index_add(0, seg, target * logp)
+    return (per_decision * weight).sum() / weight.sum()
+
+
+def train_round(net, optimizer, accelerator, data: Decisions, cfg: TrainConfig, round_: int, progress) -> float:
+    import torch
+
+    x, target, distance, seg, sizes, weight, sign = _flatten(data, accelerator.device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + round_)
+    n = len(sizes)
+    loss_value = float("nan")
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator)
+        batches = [order[i : i + cfg.batch] for i in range(0, n - cfg.batch + 1, cfg.batch)] or [order]
+        mine = batches[accelerator.process_index :: accelerator.num_processes]
+        for ids in mine:
+            size = sizes[ids]
+            first = torch.cumsum(size, 0) - size
+            rows = (starts[ids].repeat_interleave(size) + torch.arange(int(size.sum())) - first.repeat_interleave(size)).to(x.device)
+            local = torch.repeat_interleave(torch.arange(len(ids)), size).to(x.device)
+            with accelerator.autocast():
+                scores = net(x[rows])
+            w = weight[ids.to(x.device)]
+            loss = listwise_loss(scores.float(), target[rows], local, len(ids), w, sign[ids.to(x.device)])
+            if cfg.regression:
+                # the score as minus the log distance to the next use, each row weighted as its decision
+                row_w = w.repeat_interleave(size.to(x.device)) / size.to(x.device).repeat_interleave(size.to(x.device)).float()
+                loss = loss + cfg.regression * (row_w * (scores.float() + distance[rows]) ** 2).sum() / w.sum()
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            loss_value = loss.item()
+        progress()
+    return loss_value
+
+
+def to_controller(net, metadata: dict[str, str]) -> Controller:
+    tensors = {k: v.detach().float().cpu().numpy() for k, v in net.state_dict().items()}
+    return Controller(tensors, {"features": ",".join(FEATURES), **metadata})
+
+
+def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False) -> dict:
+    """The whole training run; returns the training report (also written beside `out`)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from .controller import ControllerNet, save_checkpoint
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    work.mkdir(parents=True, exist_ok=True)
+    if not resume and accelerator.is_main_process:
+        for old in work.glob("round_*"):  # a fresh run must not resume from another run's rounds
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    convs = {"synthetic": synthetic.generate_many(cfg.synthetic, 10_000)}
+    if cfg.locomo:
+        convs["locomo"] = [c for c in load_locomo(cfg.locomo) if cfg.locomo_ids is None or c.id in cfg.locomo_ids]
+    net = ControllerNet(cfg.hidden)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    net, optimizer = accelerator.prepare(net, optimizer)
+    model = accelerator.unwrap_model(net)
+    data, first_round, losses = Decisions(), 0, []
+    done = sorted(int(p.parent.name.split("_")[1]) for p in work.glob("round_*/done"))
+    if resume and done:
+        first_round = done[-1] + 1
+        for r in range(first_round):
+            data.extend(Decisions.load(work / f"round_{r}" / "decisions.npz"))
+        accelerator.load_state(str(work / f"round_{done[-1]}" / "state"))
+        losses = json.loads((work / f"round_{done[-1]}" / "done").read_text())["losses"]
+        accelerator.print(f"resuming after round {done[-1]} with {len(data.target)} decisions")
+    steps_per_round = cfg.trace_seeds * len(cfg.capacities) + sum(len(c) for c in convs.values()) * len(cfg.boundaries) + cfg.epochs
+    bar = tqdm(total=steps_per_round * (cfg.rounds - first_round), desc="train-controller", disable=not accelerator.is_main_process or None)
+    started = time.time()
+    for round_ in range(first_round, cfg.rounds):
+        controller = to_controller(model, {}) if round_ > 0 else None
+        new = collect(cfg, controller, round_, convs, bar.update)
+        data.extend(new)
+        if round_ == 0 and not (resume and done):
+            model.fit_scaling(torch.from_numpy(np.concatenate(data.x)).float())
+        losses.append(train_round(net, optimizer, accelerator, data, cfg, round_, bar.update))
+        folder = work / f"round_{round_}"
+        folder.mkdir(exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(folder / "state"))
+        if accelerator.is_main_process:
+            new.save(folder / "decisions.npz")
+            (folder / "done").write_text(json.dumps({"losses": losses, "decisions": len(data.target)}))
+    bar.close()
+    counts = defaultdict(int)
+    for g in data.group:
+        counts[g] += 1
+    report = {
+        "config": asdict(cfg),
+        "losses": losses,
+        "decisions": dict(counts),
+        "train_seconds": round(time.time() - started, 1),
+        "device": f"{accelerator.device} ({torch.get_num_threads()} threads)",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if accelerator.is_main_process:
+        save_checkpoint(model, out, {"train_report": json.dumps(report)})
+    return report
+
+
+def crossvalidate(cfg: TrainConfig, work: Path, conversations: list[Conversation]) -> dict:
+    """Two folds over the LoCoMo conversations: each half is scored by a controller trained
+    on the other half (plus the same traces and synthetic data)."""
+    from .evaluate import evaluate_probes
+
+    ids = sorted(c.id for c in conversations)
+    folds = [ids[0::2], ids[1::2]]
+    results = []
+    for i, held_out in enumerate(folds):
+        fold_cfg = TrainConfig(**{**asdict(cfg), "locomo_ids": tuple(x for x in ids if x not in held_out)})
+        checkpoint = work / f"fold_{i}" / "controller.safetensors"
+        run(fold_cfg, work / f"fold_{i}", checkpoint)
+        results.append((held_out, evaluate_probes(checkpoint, [c for c in conversations if c.id in held_out])))
+    total = sum(r["probes"] for _, r in results)
+
+    def pooled(spec: str, field: str, where: str = "fixed_20") -> float:
+        return sum(r["boundaries"][where][spec][field] * r["probes"] for _, r in results) / total
+
+    specs = list(results[0][1]["boundaries"]["fixed_20"])
+    rows = [f"| {s} | {pooled(s, 'any'):.1f} / {pooled(s, 'all'):.1f} |" for s in specs]
+    text = "\n".join(
+        [
+            f"Held-out LoCoMo (2-fold cross-validation: folds {folds[0]} and {folds[1]}; each scored by a controller",
+            f"that never saw it; {total} probes), fixed_20, % with any / all evidence pages in context:",
+            "",
+            "| policy | fixed_20 |",
+            "|---|---|",
+            *rows,
+        ]
+    )
+    return {"folds": folds, "fixed_20": {s: {"any": pooled(s, "any"), "all": pooled(s, "all")} for s in specs}, "text": text}
+
+
+def add_arguments(p) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--out", type=Path, default=Path("out/controller/controller.safetensors"), help="checkpoint to write (the model card and metrics go beside it)")
+    p.add_argument("--work", type=Path, default=Path("out/controller/work"), help="recorded decisions and accelerate state per round, for --resume")
+    p.add_argument("--resume", action="store_true", help="continue after the last finished round in --work")
+    p.add_argument("--locomo", type=Path, help="LoCoMo-format training conversations (default: the dev split when present; 'none' to skip)")
+    p.add_argument("--rounds", type=int, default=defaults.rounds, help=f"DAgger rounds (default {defaults.rounds})")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"epochs per round (default {defaults.epochs})")
+    p.add_argument("--trace-seeds", type=int, default=defaults.trace_seeds, help=f"training traces per cache size (default {defaults.trace_seeds})")
+    p.add_argument("--synthetic", type=int, default=defaults.synthetic, help=f"synthetic training conversations (default {defaults.synthetic})")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of everything random in training (default 0)")
+    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["no", "fp16", "bf16"], help="accelerate mixed precision (default no)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation and model card after training")
+    p.add_argument("--cross-validate", action="store_true", help="also train two LoCoMo folds and report held-out figures in the card")
+
+
+def main(args) -> dict:
+    from paged_context.conversations import default_locomo_path
+
+    from .evaluate import evaluate, model_card
+
+    skip = args.locomo is not None and str(args.locomo).lower() == "none"
+    locomo = None if skip else (args.locomo or default_locomo_path())
+    cfg = TrainConfig(
+        seed=args.seed,
+        trace_seeds=args.trace_seeds,
+        synthetic=args.synthetic,
+        locomo=str(locomo) if locomo else None,
+        rounds=args.rounds,
+        epochs=args.epochs,
+        mixed_precision=args.mixed_precision,
+    )
+    report = run(cfg, args.work, args.out, resume=args.resume)
+    print(f"wrote {args.out} ({report['train_seconds']:.0f} s of training)")
+    if args.no_eval:
+        return report
+    conversations = load_locomo(locomo) if locomo else None
+    metrics = evaluate(args.out, conversations)
+    crossval = crossvalidate(cfg, args.work / "crossval", conversations) if args.cross_validate and conversations else None
+    summary = {"train": report, "metrics": metrics, "crossval": crossval}
+    (args.out.parent / "controller_metrics.json").write_text(json.dumps(summary, indent=2))
+    card = model_card(metrics, report, args.out, crossval)
+    (args.out.parent / "MODEL_CARD.md").write_text(card)
+    print(card)
+    return summary

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+
+from paged_context import traces as tr
+from paged_context.controller import FEATURES, NOVEL_AFTER, Controller, History, LearnedPolicy, default_checkpoint
+from paged_context.pages import Turn, segment
+from paged_context.policies import ResidentSet, count_faults, make_policy
+
+torch = pytest.importorskip("torch")
+from paged_context.models.controller import ControllerNet, save_checkpoint  # noqa: E402
+
+
+def random_checkpoint(tmp_path, seed=0):
+    torch.manual_seed(seed)
+    net = ControllerNet(hidden=16)
+    net.fit_scaling(torch.randn(200, len(FEATURES)) * 3 + 1)
+    return net, save_checkpoint(net, tmp_path / f"c{seed}.safetensors", {"note": "test"})
+
+
+def test_numpy_inference_matches_the_torch_network(tmp_path):
+    net, path = random_checkpoint(tmp_path)
+    x = np.random.default_rng(0).normal(size=(50, len(FEATURES))).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(Controller.load(path).score(x), expected, rtol=1e-5, atol=1e-5)
+    assert Controller.load(path).metadata["note"] == "test"
+
+
+def test_a_checkpoint_for_other_features_is_refused(tmp_path):
+    _, path = random_checkpoint(tmp_path)
+    controller = Controller.read(path)
+    with pytest.raises(ValueError, match="other features"):
+        Controller(controller.t, {"features": "recency,frequency"})
+    with pytest.raises(FileNotFoundError, match="train-controller"):
+        Controller.load(tmp_path / "missing.safetensors")
+
+
+def test_history_tracks_decay_runs_and_novelty():
+    h = History(size=2)  # grows as keys arrive
+    h.reference("a", 0, admitted=True)
+    h.reference("a", 8, admitted=False)
+    slot = h.slot["a"]
+    decayed = h.decayed_now(np.array([slot]), 16)[0]
+    assert decayed[0] == pytest.approx(1 * 2 ** (-2) + 1 * 2 ** (-1))  # half-life 8: refs at 0 and 8, read at 16
+    for i, key in enumerate("bcde"):
+        h.reference(key, 9 + i, admitted=True)
+    assert len(h.slot) == 5 and h.novel == 5  # five keys seen for the first time
+    h.reference("a", 9 + NOVEL_AFTER + 100, admitted=True)  # back after a long absence: a new run
+    assert h.novel == 6 and h.run_count[slot] == 1 and h.total[slot] == 3
+
+
+def test_learned_policy_serves_traces_deterministically(tmp_path):
+    _, path = random_checkpoint(tmp_path)
+    controller = Controller.load(path)
+    trace = tr.generate(3, tr.TraceSpec(length=600))
+    faults = count_faults(trace, 6, make_policy("learned", controller=controller))
+    assert faults == count_faults(trace, 6, make_policy("learned", controller=path))
+    assert count_faults(trace, 6, make_policy("belady")) <= faults <= len(trace)
+
+
+def test_prefetch_respects_budget_threshold_and_candidates(tmp_path):
+    _, path = random_checkpoint(tmp_path)
+    turns = [Turn(i, "user" if i % 2 == 0 else "assistant", f"talk about Lisbon {i} and cats {i % 3}") for i in range(40)]
+    policy = LearnedPolicy(Controller.load(path))
+    cache = ResidentSet(3, policy)
+    policy.attach(segment(turns, "fixed_4"))
+    for page_id in range(1, 11):
+        cache.access(page_id)
+    policy.on_request("What did we say about Lisbon 7?")
+    evicted = [p for p in range(1, 11) if p not in cache]
+    picked = policy.prefetch(evicted, 2, cache.step, threshold=-math.inf)
+    assert len(picked) == 2 and set(picked) <= set(evicted)
+    assert policy.prefetch(evicted, 2, cache.step, threshold=math.inf) == []
+    assert policy.prefetch(evicted, 0, cache.step) == []
+    x = policy.features(evicted, cache.step)
+    assert x.shape == (len(evicted), len(FEATURES)) and np.isfinite(x).all()
+    assert (x[:, FEATURES.index("has_text")] == 1).all() and x[:, FEATURES.index("bm25")].max() == pytest.approx(1.0)
+
+
+def test_the_shipped_checkpoint_is_small_and_beats_lru():
+    path = default_checkpoint()
+    assert path.exists() and path.stat().st_size < 1_000_000
+    controller = Controller.load(path)
+    assert "train_report" in controller.metadata
+    learned = lru = 0
+    for seed in (42, 43, 44):
+        trace = tr.generate(seed)
+        learned += count_faults(trace, 8, make_policy("learned", controller=controller))
+        lru += count_faults(trace, 8, make_policy("lru"))
+    assert learned < 0.9 * lru
