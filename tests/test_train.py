@@ -64,3 +64,27 @@ def test_train_controller_under_accelerate_launch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(Controller.read(out).metadata["train_report"])
     assert report["config"]["rounds"] == 1 and report["parameters"] > 1000
+
+
+@pytest.mark.slow
+def test_training_from_scratch_reproduces_the_shipped_metrics(tmp_path, locomo_path):
+    """The default training run (a few minutes here) lands within noise of the shipped
+    checkpoint's recorded metrics."""
+    from pathlib import Path
+
+    from paged_context.conversations import load_locomo
+    from paged_context.models.evaluate import evaluate_probes, evaluate_traces
+
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "models" / "controller_metrics.json").read_text())["metrics"]
+    out = tmp_path / "controller.safetensors"
+    report = run(TrainConfig(locomo=str(locomo_path)), tmp_path / "work", out)
+    assert report["train_seconds"] < 15 * 60
+    traces = evaluate_traces(out)
+    assert traces["learned_cr_at_8"] == pytest.approx(shipped["traces"]["learned_cr_at_8"], abs=0.03)
+    for k, v in traces["per_capacity"].items():
+        assert v["learned"] == pytest.approx(shipped["traces"]["per_capacity"][k]["learned"], abs=0.005)
+    locomo = evaluate_probes(out, load_locomo(locomo_path), boundaries=("fixed_20",))
+    for spec in ("learned", "learned+prefetch"):
+        for field in ("any", "all"):
+            got, want = locomo["boundaries"]["fixed_20"][spec][field], shipped["locomo"]["boundaries"]["fixed_20"][spec][field]
+            assert got == pytest.approx(want, abs=2.0), (spec, field)
