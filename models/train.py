@@ -89,6 +89,12 @@ class Decisions:
         self.distance.append(np.log1p(np.minimum(distance, DISTANCE_CAP)).astype(np.float32))
         self.group.append(group)
 
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for g in self.group:
+            out[g] += 1
+        return dict(out)
+
     def extend(self, other: Decisions) -> None:
         self.x += other.x
         self.target += other.target
@@ -206,9 +212,7 @@ def _flatten(data: Decisions, device):
 
     sizes = torch.tensor([len(t) for t in data.target])
     seg = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-    counts = defaultdict(int)
-    for g in data.group:
-        counts[g] += 1
+    counts = data.counts()
     # "traces/evict@8": a base group's share is split evenly between its subgroups
     subgroups = defaultdict(int)
     for g in counts:
@@ -280,7 +284,8 @@ def to_controller(net, metadata: dict[str, str]) -> Controller:
 
 
 def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False) -> dict:
-    """The whole training run; returns the training report (also written beside `out`)."""
+    """The whole training run: writes the checkpoint to `out` (the training report in its
+    metadata) and returns the report."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -331,20 +336,31 @@ def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False) -> dict:
             new.save(folder / "decisions.npz")
             (folder / "done").write_text(json.dumps({"losses": losses, "decisions": len(data.target)}))
     bar.close()
-    counts = defaultdict(int)
-    for g in data.group:
-        counts[g] += 1
+    threshold = prefetch_threshold(to_controller(model, {}), data)
     report = {
         "config": asdict(cfg),
         "losses": losses,
-        "decisions": dict(counts),
+        "decisions": data.counts(),
+        "prefetch_threshold": threshold,
         "train_seconds": round(time.time() - started, 1),
         "device": f"{accelerator.device} ({torch.get_num_threads()} threads)",
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     if accelerator.is_main_process:
-        save_checkpoint(model, out, {"train_report": json.dumps(report)})
+        save_checkpoint(model, out, {"train_report": json.dumps(report), "prefetch_threshold": repr(threshold)})
     return report
+
+
+def prefetch_threshold(controller: Controller, data: Decisions, keep: float = 0.95) -> float:
+    """The score above which `keep` of the pages requests went on to use lie: prefetching
+    stops at pages scoring lower than nearly everything that was ever worth fetching."""
+    useful = [
+        s
+        for x, target, g in zip(data.x, data.target, data.group)
+        if g.endswith("/prefetch")
+        for s in controller.score(x)[target > 0]
+    ]
+    return float(np.quantile(useful, 1 - keep)) if useful else -math.inf
 
 
 def crossvalidate(cfg: TrainConfig, work: Path, conversations: list[Conversation]) -> dict:
