@@ -90,6 +90,16 @@ class ResidentSet:
         self.policy.on_admit(key, step)
         return evicted
 
+    def shrink(self, size: int) -> list[Key]:
+        """Evict, in the policy's order, until at most `size` keys remain (a compaction)."""
+        evicted = []
+        while len(self.keys) > size:
+            victim = self.policy.victim(None, self.step)
+            self.keys.remove(victim)
+            self.policy.on_evict(victim)
+            evicted.append(victim)
+        return evicted
+
 
 def count_faults(trace: Iterable[Key], capacity: int, policy: Policy) -> int:
     """Misses (cold ones included) when `policy` serves `trace` with `capacity` slots."""

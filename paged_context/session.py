@@ -1,0 +1,238 @@
+"""A paged conversation, independent of any inference engine: ingest -> plan -> render.
+
+Turns are stored durably first (when a store is given). Older turns are cut into pages;
+once a page is complete it joins the resident set, and the policy (the learned controller
+by default) evicts pages when too many are resident, in batches between two watermarks so
+the prompt changes rarely and otherwise only grows at its end. Each evicted page leaves a
+bookmark, frozen when the page closed so the rendered prompt stays byte-stable. For each
+new request the controller may prefetch a few evicted pages, and the model may recall
+others with the `recall` tool.
+
+The rendered prompt, deterministic for a given state, is a list of chat messages:
+
+    system: instructions
+    the turns of the resident pages, as the original messages, in conversation order
+    the turns not yet paged (the open page and the most recent turns)
+    system: bookmarks of the evicted pages, and the prefetched pages
+    user: the new request
+    (assistant recall call / tool result, per recall round)
+
+Resident pages stay the original messages so a page closing changes no token, and
+the parts that change every request (bookmarks, prefetch) sit just before the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from . import keywords
+from .bookmarks import Bookmark
+from .pages import Page, Turn, segment
+from .policies import Policy, ResidentSet, make_policy
+from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall
+from .store import PageStore
+from .text import TokenCounter, approx_tokens
+
+
+@dataclass(frozen=True)
+class PagingConfig:
+    boundary: str = "tokens_512"  # how older turns are cut into pages
+    recent_turns: int = 4  # the newest turns are never paged
+    resident_high: int = 6  # when more pages than this are resident...
+    resident_low: int = 4  # ...evict down to this many (watermarks)
+    prefetch_budget: int = 3
+    max_recall_ids: int = MAX_RECALL_IDS
+    keywords: str = "distinctive"
+    keyword_count: int = 4
+    policy: str = "learned"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.resident_low <= self.resident_high:
+            raise ValueError(f"need 1 <= resident_low ({self.resident_low}) <= resident_high ({self.resident_high})")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    segment: str  # what part of the layout it belongs to: "system", "page:3", "turn:17", "note", ...
+
+
+@dataclass
+class Request:
+    """One request being answered: what the controller planned, and the recall rounds so far."""
+
+    text: str
+    prefetched: tuple[int, ...]
+    evicted_now: tuple[int, ...]  # pages this request's planning evicted
+    recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
+
+    @property
+    def recalled(self) -> tuple[int, ...]:
+        return tuple(p for _, _, ids in self.recalls for p in ids)
+
+
+def instructions(tool_syntax: str | None) -> str:
+    """The system prompt. `tool_syntax` describes how to call recall when the chat template
+    has no native tools (None when it has)."""
+    text = (
+        "You are a helpful assistant. Older parts of this conversation were moved out of view into "
+        "numbered pages, each listed as a bookmark [pN:keywords]. " + RECALL_INSTRUCTION
+    )
+    return text + (f" To recall pages, reply with only: {tool_syntax}" if tool_syntax else "")
+
+
+class PagedSession:
+    def __init__(
+        self,
+        session_id: str,
+        config: PagingConfig = PagingConfig(),
+        store: PageStore | None = None,
+        count_tokens: TokenCounter = approx_tokens,
+        policy: Policy | None = None,
+        owner: str | None = None,
+    ):
+        self.id = session_id
+        self.config = config
+        self.store = store
+        self.count_tokens = count_tokens
+        self.turns: list[Turn] = []
+        self.pages: dict[int, Page] = {}
+        self.bookmarks: dict[int, Bookmark] = {}
+        self.policy = policy or make_policy(config.policy)
+        self.resident = ResidentSet(config.resident_high, self.policy)
+        self.policy.attach([])
+        if store is not None:
+            store.create_session(session_id, owner)
+            self.turns = store.turns(session_id)
+            self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
+            self._close_pages()  # replay: the pages follow from the turns again
+
+    # --- ingest -------------------------------------------------------------------------
+
+    def add_turn(self, role: str, text: str, **fields) -> Turn:
+        """Append a turn, durably first when there is a store."""
+        turn = Turn(len(self.turns), role, text, **fields)
+        if self.store is not None:
+            self.store.append_turns(self.id, [turn])
+        self.turns.append(turn)
+        return turn
+
+    # --- plan ---------------------------------------------------------------------------
+
+    def _close_pages(self) -> list[int]:
+        """Turn complete pages of the older turns into pages; returns the ids evicted to
+        make room."""
+        older = self.turns[: max(len(self.turns) - self.config.recent_turns, 0)]
+        closed = segment(older, self.config.boundary, self.count_tokens)[:-1]  # the last one is still open
+        new = [p for p in closed if p.id not in self.pages]
+        if not new:
+            return []
+        for page in new:
+            self.pages[page.id] = page
+        self.policy.attach(list(self.pages.values()))
+        marks = keywords.bookmarks(list(self.pages.values()), self.config.keywords, n=self.config.keyword_count)
+        for mark in marks:
+            self.bookmarks.setdefault(mark.page_id, mark)  # frozen once made: the prompt stays stable
+        if self.store is not None:
+            self.store.save_pages(self.id, new)
+            self.store.save_bookmarks(self.id, [self.bookmarks[p.id] for p in new], self.config.keywords)
+        evicted = []
+        for page in new:
+            if len(self.resident) >= self.config.resident_high:
+                evicted += self.resident.shrink(self.config.resident_low - 1)
+            self.resident.access(page.id)
+        return evicted
+
+    @property
+    def paged_until(self) -> int:
+        """Turns before this index live in pages; the rest are rendered as they are."""
+        return max((p.last_turn + 1 for p in self.pages.values()), default=0)
+
+    def evicted(self) -> list[int]:
+        return sorted(p for p in self.pages if p not in self.resident)
+
+    def ask(self, text: str, **fields) -> Request:
+        """Take a new user turn (stored first), page what has become old, and let the
+        controller prefetch for it."""
+        self.add_turn("user", text, **fields)
+        evicted_now = tuple(self._close_pages())
+        self.policy.on_request(text)
+        prefetched: tuple[int, ...] = ()
+        if hasattr(self.policy, "prefetch") and self.config.prefetch_budget > 0:
+            prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
+        if self.store is not None and prefetched:
+            self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
+        return Request(text, prefetched, evicted_now)
+
+    def recall(self, request: Request, call: str, arguments: str | dict) -> str:
+        """Serve a recall call: the pages as a tool result, or an error the model can read.
+        Recalled pages are referenced, so the policy learns they matter."""
+        shown = set(self.resident.keys) | set(request.prefetched) | set(request.recalled)
+        try:
+            ids = parse_recall_arguments(
+                arguments, [p for p in self.evicted() if p not in shown], shown, self.config.max_recall_ids
+            )
+        except RecallError as error:
+            result, ids = str(error), []
+        else:
+            result = render_recall([self.pages[p] for p in ids])
+            if self.store is not None:
+                self.store.record_references(self.id, self.resident.step, ids, "recall")
+        request.recalls.append((call, result, tuple(ids)))
+        return result
+
+    def finish(self, request: Request, answer: str) -> Turn:
+        """Record the answer. Pages the model recalled become resident again (compacting
+        first if they would not fit); prefetched pages stay a per-request extra, so the
+        resident layout, and the KV cache behind it, does not churn with every question."""
+        back = [p for p in dict.fromkeys(request.recalled) if p not in self.resident]
+        if len(self.resident) + len(back) > self.config.resident_high:
+            self.resident.shrink(max(min(self.config.resident_low, self.config.resident_high - len(back)), 0))
+        for page_id in back:
+            self.resident.access(page_id)
+        return self.add_turn("assistant", answer)
+
+    # --- render -------------------------------------------------------------------------
+
+    def render(self, request: Request, tool_syntax: str | None = None) -> list[Message]:
+        """The prompt for `request`, the last turn asked."""
+        messages = [Message("system", instructions(tool_syntax), "system")]
+        for page_id in sorted(self.resident.keys):
+            messages += [Message(t.role, t.text, f"page:{page_id}") for t in self.pages[page_id].turns]
+        messages += [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns[self.paged_until : -1]]
+        note = self._note(request)
+        if note:
+            messages.append(Message("system", note, "note"))
+        messages.append(Message("user", request.text, f"turn:{len(self.turns) - 1}"))
+        for i, (call, result, _) in enumerate(request.recalls):
+            messages += [Message("assistant", call, f"recall:{i}"), Message("tool", result, f"recall:{i}")]
+        return messages
+
+    def _note(self, request: Request) -> str:
+        parts = []
+        marks = [self.bookmarks[p].render() for p in self.evicted() if p not in request.prefetched]
+        if marks:
+            parts.append("Bookmarks of pages out of view: " + " ".join(marks))
+        if request.prefetched:
+            parts.append("Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched]))
+        return "\n\n".join(parts)
+
+    # --- report -------------------------------------------------------------------------
+
+    def report(self, request: Request, prompt_tokens: int) -> dict:
+        """The paging block of a response."""
+        full = sum(self.count_tokens(t.render()) for t in self.turns)
+        return {
+            "session": self.id,
+            "pages": len(self.pages),
+            "resident": sorted(self.resident.keys),
+            "evicted": self.evicted(),
+            "evicted_now": list(request.evicted_now),
+            "prefetched": list(request.prefetched),
+            "recalled": list(request.recalled),
+            "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),
+            "prompt_tokens": prompt_tokens,
+            "history_tokens": full,
+            "prompt_tokens_saved": max(full - prompt_tokens, 0),
+        }
+

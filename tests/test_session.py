@@ -1,0 +1,82 @@
+from paged_context.session import PagedSession, PagingConfig
+from paged_context.store import SQLiteStore
+
+SMALL = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2, policy="lru", prefetch_budget=0)
+
+
+def converse(session, n, start=0):
+    for i in range(start, start + n):
+        request = session.ask(f"question {i} about topic{i} and the Lisbon trip")
+        session.render(request, "recall(...)")
+        session.finish(request, f"answer {i} on topic{i}")
+    return request
+
+
+def test_compaction_between_watermarks():
+    session = PagedSession("s", SMALL)
+    sizes, evictions = [], []
+    for i in range(30):
+        request = session.ask(f"q{i}")
+        sizes.append(len(session.resident))
+        if request.evicted_now:
+            evictions.append(len(request.evicted_now))
+        session.finish(request, f"a{i}")
+    assert max(sizes) <= SMALL.resident_high
+    assert evictions and all(n == SMALL.resident_high - SMALL.resident_low + 1 for n in evictions)
+
+
+def test_render_layout_and_frozen_bookmarks():
+    session = PagedSession("s", SMALL)
+    converse(session, 6)
+    first = dict(session.bookmarks)
+    request = converse(session, 6, start=6)
+    assert all(session.bookmarks[p] == b for p, b in first.items())  # later pages change no bookmark
+    messages = session.render(request, "recall(...)")
+    kinds = [m.segment.split(":")[0] for m in messages]
+    assert kinds[0] == "system" and kinds[-1] == "turn" and kinds[-2] == "note"
+    pages_in_order = [int(m.segment.split(":")[1]) for m in messages if m.segment.startswith("page:")]
+    assert pages_in_order == sorted(pages_in_order) and set(pages_in_order) == session.resident.keys
+    note = messages[-2].content
+    assert all(session.bookmarks[p].render() in note for p in session.evicted())
+
+
+def test_recall_serves_pages_and_brings_them_back():
+    session = PagedSession("s", SMALL)
+    converse(session, 10)
+    request = session.ask("what about topic0?")
+    target = session.evicted()[0]
+    result = session.recall(request, "recall(...)", {"page_ids": [target]})
+    assert result.startswith(f"[page {target},") and session.pages[target].turns[0].text in result
+    assert session.recall(request, "recall(...)", {"page_ids": [target]}).startswith("recall error:")  # now in context
+    messages = session.render(request)
+    assert [m.role for m in messages[-2:]] == ["assistant", "tool"]
+    session.finish(request, "done")
+    assert target in session.resident and len(session.resident) <= SMALL.resident_high
+
+
+def test_the_store_has_every_turn_and_a_reopened_session_pages_the_same(tmp_path):
+    with SQLiteStore(tmp_path / "s.db") as store:
+        session = PagedSession("s", SMALL, store)
+        converse(session, 9)
+        request = session.ask("unanswered question")  # stored before any answer exists
+    with SQLiteStore(tmp_path / "s.db") as store:
+        again = PagedSession("s", SMALL, store)
+        assert again.turns == session.turns and again.turns[-1].text == "unanswered question"
+        assert again.pages == session.pages and again.bookmarks == session.bookmarks
+        assert [p.id for p in store.pages("s")] == sorted(session.pages)
+    assert request.text == "unanswered question"
+
+
+def test_learned_controller_prefetches_the_page_with_the_fact():
+    config = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2)  # learned + prefetch
+    session = PagedSession("s", config)
+    request = session.ask("Please remember: my locker code at the Riverside gym is 4417.")
+    session.finish(request, "Noted, locker code 4417 at Riverside.")
+    for i in range(24):
+        request = session.ask(f"Let's talk about cooking dish number {i} with garlic and basil.")
+        session.finish(request, f"Dish {i} sounds tasty.")
+    fact_page = next(p for p, page in session.pages.items() if "4417" in page.text)
+    assert fact_page not in session.resident
+    request = session.ask("What is my locker code at the Riverside gym?")
+    assert fact_page in request.prefetched
+    assert "4417" in session.render(request)[-2].content
