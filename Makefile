@@ -24,6 +24,7 @@ test: install
 bench: install
 	$(VENV)/bin/paged-context bench traces --out out/bench
 	$(VENV)/bin/paged-context bench probes --out out/bench
+	$(VENV)/bin/paged-context bench kv --default-model --out out/bench
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

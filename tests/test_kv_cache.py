@@ -1,0 +1,130 @@
+"""The KV-cache manager on tiny random Llamas: exact restores, the host pool, splicing."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from paged_context.patches.kv_cache import KVCacheManager, rotate_keys, splice_divergence  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return LlamaForCausalLM(config).eval()
+
+
+def logits_with(model, manager, ids, boundaries=()):
+    cache, n = manager.cache_for(ids, boundaries)
+    with torch.no_grad():
+        out = model(torch.tensor([ids[n:]]), past_key_values=cache).logits[0, -1]
+    return out, n, cache
+
+
+def full_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1]
+
+
+def prompt(*segments):
+    ids, ends = [], []
+    for s in segments:
+        ids += s
+        ends.append(len(ids))
+    return ids, ends
+
+
+def segment(seed, n=20):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 300, (n,), generator=g).tolist()
+
+
+def test_a_layout_that_returns_is_restored_exactly(model):
+    manager = KVCacheManager(model)
+    system, p1, p2, p3, q1, q2, q3 = (segment(i) for i in range(7))
+    layouts = [prompt(system, p1, p2, p3, q1), prompt(system, p1, p3, q2), prompt(system, p1, p2, p3, q3)]
+    reused = []
+    for ids, ends in layouts:
+        out, n, cache = logits_with(model, manager, ids)
+        assert (out - full_logits(model, ids)).abs().max().item() < 1e-4
+        manager.remember(ids, cache, ends)
+        reused.append(n)
+    assert reused[0] == 0
+    assert reused[1] == 40  # system + p1 survive the eviction of p2
+    assert reused[2] == 80  # back to the first layout: system..p3 come from the pool
+    stats = manager.stats()
+    assert stats.restored_tokens == 120 and stats.recomputed_tokens == sum(len(i) for i, _ in layouts) - 120
+
+
+def test_generation_on_a_restored_cache_matches(model):
+    manager = KVCacheManager(model)
+    ids, ends = prompt(segment(1), segment(2), segment(3))
+    cache, _ = manager.cache_for(ids)
+    with torch.no_grad():
+        model(torch.tensor([ids]), past_key_values=cache)
+    manager.remember(ids, cache, ends)
+    manager.live = None
+    ids2 = ids + segment(4, 5)
+    cache, n = manager.cache_for(ids2)
+    assert n == len(ids)
+    prompt_t = torch.tensor([ids2])
+    with torch.no_grad():
+        a = model.generate(input_ids=prompt_t, attention_mask=torch.ones_like(prompt_t), past_key_values=cache, max_new_tokens=8, do_sample=False)
+        b = model.generate(input_ids=prompt_t, attention_mask=torch.ones_like(prompt_t), max_new_tokens=8, do_sample=False)
+    assert a.tolist() == b.tolist()
+
+
+def test_host_limit_evicts_chunks_and_stays_exact(model):
+    manager = KVCacheManager(model, host_limit_bytes=30_000)
+    for seed in range(5):
+        ids, ends = prompt(segment(100), segment(seed + 200), segment(seed + 300))
+        out, n, cache = logits_with(model, manager, ids)
+        assert (out - full_logits(model, ids)).abs().max().item() < 1e-4
+        manager.remember(ids, cache, ends)
+        stats = manager.stats()
+        assert stats.host_bytes == sum(c.nbytes for c in manager.pool.values()) <= 30_000
+        assert stats.device_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def test_rotating_keys_moves_them_to_a_new_position(model):
+    ids = segment(7, 6)
+    cache_a, cache_b = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.tensor([ids]), past_key_values=cache_a)  # positions 0..5
+        model(torch.tensor([ids]), past_key_values=cache_b, position_ids=torch.arange(9, 15)[None])  # positions 9..14
+    moved = rotate_keys(model, cache_a.layers[0].keys, 9)  # layer 0 keys depend on the token and position only
+    assert (moved - cache_b.layers[0].keys).abs().max().item() < 1e-5
+
+
+def test_splice_mode_reuses_segments_and_reports_its_drift(model):
+    manager = KVCacheManager(model, mode="splice")
+    system, page, other, question = segment(1), segment(2), segment(3), segment(4, 6)
+    ids, ends = prompt(system, page, question)
+    _, _, cache = logits_with(model, manager, ids, ends)
+    manager.remember(ids, cache, ends)
+    moved, moved_ends = prompt(system, other, page, question)
+    _, n, _ = logits_with(model, manager, moved, moved_ends)
+    assert n == 20 and manager.stats().spliced_tokens == 0  # `other` is new: nothing after it can be spliced
+    manager.remember(moved, logits_with(model, manager, moved, moved_ends)[2], moved_ends)
+    again, again_ends = prompt(system, page, other, question)  # both segments known, at new places
+    out, n, _ = logits_with(model, manager, again, again_ends)
+    assert n > 20 and manager.stats().spliced_tokens > 0
+    drift = splice_divergence(model, other, page, system, question)
+    assert drift["max_logit_diff"] > 0 and drift["kl"] >= 0 and 0 <= drift["greedy_agreement"] <= 1
+
+
+def test_bench_kv_runs(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from paged_context.bench import kv
+
+    shape = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    monkeypatch.setattr(kv, "SMOLLM2_SHAPE", shape)
+    parser = argparse.ArgumentParser()
+    kv.add_arguments(parser)
+    result = kv.main(parser.parse_args(["--pages", "32", "64", "--repeats", "1", "--out", str(tmp_path)]))
+    data = json.loads((tmp_path / "kv.json").read_text())
+    assert [r["tokens"] for r in data["pages"]] == [32, 64] == [r["tokens"] for r in result["pages"]]
+    assert all(r["kv_bytes"] > 0 and r["restore_ms"] > 0 and r["recompute_ms"] > 0 for r in data["pages"])
