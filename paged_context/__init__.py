@@ -13,6 +13,7 @@ from .keywords import bookmarks
 from .pages import Page, Turn, segment
 from .policies import POLICIES, Policy, ResidentSet, make_policy
 from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
+from .session import PagedSession, PagingConfig
 from .store import PageStore, SQLiteStore
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "Conversation",
     "POLICIES",
     "Page",
+    "PagedSession",
+    "PagingConfig",
     "PageStore",
     "Policy",
     "Probe",

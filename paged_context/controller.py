@@ -300,3 +300,43 @@ class LearnedPolicy(Policy):
             "log_distance_to_last_request": np.log1p([min(abs(k - j) for j in last) if last else 0 for k in keys]),
             "log_tokens": np.log1p([self.pages[k].tokens if k in self.pages else 0 for k in keys]),
         }
+
+
+class WithPrefetch(Policy):
+    """Any eviction policy, with the learned controller watching the same events so it
+    can prefetch: evictions stay the policy's own, prefetch is the controller's."""
+
+    def __init__(self, policy: Policy, controller: Controller | None = None):
+        self.policy, self.scout = policy, LearnedPolicy(controller)
+        self.name = f"{policy.name}+prefetch"
+        self.offline = policy.offline
+
+    def start(self, capacity, future=None):
+        self.policy.start(capacity, future)
+        self.scout.start(capacity)
+
+    def on_hit(self, key, step):
+        self.policy.on_hit(key, step)
+        self.scout.on_hit(key, step)
+
+    def on_admit(self, key, step):
+        self.policy.on_admit(key, step)
+        self.scout.on_admit(key, step)
+
+    def victim(self, incoming, step):
+        return self.policy.victim(incoming, step)
+
+    def on_evict(self, key):
+        self.policy.on_evict(key)
+        self.scout.on_evict(key)
+
+    def attach(self, pages):
+        self.policy.attach(pages)
+        self.scout.attach(pages)
+
+    def on_request(self, text):
+        self.policy.on_request(text)
+        self.scout.on_request(text)
+
+    def prefetch(self, candidates, budget, step, threshold=None):
+        return self.scout.prefetch(candidates, budget, step, threshold)

@@ -33,13 +33,16 @@ from .store import PageStore
 from .text import TokenCounter, approx_tokens
 
 
+MAX_CALL_CHARS = 300
+
+
 @dataclass(frozen=True)
 class PagingConfig:
     boundary: str = "tokens_512"  # how older turns are cut into pages
     recent_turns: int = 4  # the newest turns are never paged
     resident_high: int = 6  # when more pages than this are resident...
     resident_low: int = 4  # ...evict down to this many (watermarks)
-    prefetch_budget: int = 3
+    prefetch_budget: int = 3  # pages the controller may bring back per request (0: none)
     max_recall_ids: int = MAX_RECALL_IDS
     keywords: str = "distinctive"
     keyword_count: int = 4
@@ -99,6 +102,10 @@ class PagedSession:
         self.pages: dict[int, Page] = {}
         self.bookmarks: dict[int, Bookmark] = {}
         self.policy = policy or make_policy(config.policy)
+        if config.prefetch_budget and not hasattr(self.policy, "prefetch"):
+            from .controller import WithPrefetch
+
+            self.policy = WithPrefetch(self.policy)  # the controller prefetches whatever evicts
         self.resident = ResidentSet(config.resident_high, self.policy)
         self.policy.attach([])
         if store is not None:
@@ -158,7 +165,7 @@ class PagedSession:
         evicted_now = tuple(self._close_pages())
         self.policy.on_request(text)
         prefetched: tuple[int, ...] = ()
-        if hasattr(self.policy, "prefetch") and self.config.prefetch_budget > 0:
+        if self.config.prefetch_budget > 0:
             prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
         if self.store is not None and prefetched:
             self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
@@ -178,6 +185,8 @@ class PagedSession:
             result = render_recall([self.pages[p] for p in ids])
             if self.store is not None:
                 self.store.record_references(self.id, self.resident.step, ids, "recall")
+        if len(call) > MAX_CALL_CHARS:  # a runaway call must not flood the next prompt
+            call = call[:MAX_CALL_CHARS] + " …(cut)"
         request.recalls.append((call, result, tuple(ids)))
         return result
 
@@ -219,9 +228,13 @@ class PagedSession:
 
     # --- report -------------------------------------------------------------------------
 
-    def report(self, request: Request, prompt_tokens: int) -> dict:
-        """The paging block of a response."""
-        full = sum(self.count_tokens(t.render()) for t in self.turns)
+    def unpaged(self) -> list[Message]:
+        """The whole history as one prompt, as a client without paging would send it."""
+        system = Message("system", "You are a helpful assistant.", "system")
+        return [system] + [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns]
+
+    def report(self, request: Request, prompt_tokens: int, history_tokens: int) -> dict:
+        """The paging block of a response; `history_tokens` is the size of the unpaged prompt."""
         return {
             "session": self.id,
             "pages": len(self.pages),
@@ -232,7 +245,7 @@ class PagedSession:
             "recalled": list(request.recalled),
             "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),
             "prompt_tokens": prompt_tokens,
-            "history_tokens": full,
-            "prompt_tokens_saved": max(full - prompt_tokens, 0),
+            "history_tokens": history_tokens,
+            "prompt_tokens_saved": max(history_tokens - prompt_tokens, 0),
         }
 

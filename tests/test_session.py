@@ -1,3 +1,5 @@
+import pytest
+
 from paged_context.session import PagedSession, PagingConfig
 from paged_context.store import SQLiteStore
 
@@ -67,8 +69,9 @@ def test_the_store_has_every_turn_and_a_reopened_session_pages_the_same(tmp_path
     assert request.text == "unanswered question"
 
 
-def test_learned_controller_prefetches_the_page_with_the_fact():
-    config = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2)  # learned + prefetch
+@pytest.mark.parametrize("policy", ["learned", "lru"])
+def test_the_controller_prefetches_the_page_with_the_fact(policy):
+    config = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2, policy=policy)
     session = PagedSession("s", config)
     request = session.ask("Please remember: my locker code at the Riverside gym is 4417.")
     session.finish(request, "Noted, locker code 4417 at Riverside.")

