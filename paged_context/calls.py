@@ -61,6 +61,8 @@ _NUMBER = re.compile(r"\d+")
 def viable(syntax: CallSyntax, partial: str, allowed: Collection[int], max_ids: int) -> bool:
     """Whether `partial` (the text after the marker) can still grow into a canonical call
     naming distinct allowed pages, at most `max_ids` of them."""
+    if not allowed or max_ids < 1:
+        return False  # no page can be named: the call is over before it starts
     head = syntax.head
     if len(partial) <= len(head):
         return head.startswith(partial)

@@ -20,7 +20,8 @@ CORPUS = [
 ]
 
 
-def build(path: Path, seed: int = 0) -> Path:
+def build(path: Path, seed: int = 0, hidden: int = 64, heads: int = 4) -> Path:
+    """vLLM's CPU attention needs a head size of 32 or more: build(path, hidden=128, heads=2)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -36,8 +37,8 @@ def build(path: Path, seed: int = 0) -> Path:
     fast.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id,
+        vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=heads // 2, max_position_embeddings=4096, eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id,
         pad_token_id=fast.pad_token_id, tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(path)
