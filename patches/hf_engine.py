@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteriaList
 
-from paged_context.calls import HERMES, PLAIN
+from paged_context.calls import HERMES, PLAIN, CallSyntax
 from paged_context.recall import recall_tool
 from paged_context.session import Message, PagedSession, PagingConfig, Request
 from paged_context.store import PageStore
@@ -27,6 +27,19 @@ class Reply:
     paging: dict
     usage: dict
     rendered: list[Message] = field(repr=False, default_factory=list)  # the last prompt, for inspection
+
+
+def call_syntax(tokenizer) -> CallSyntax:
+    """A template that renders `tools` knows a native tool-call format (Hermes for the
+    families that ship one); otherwise the system prompt teaches the plain form."""
+    return HERMES if "tools" in (tokenizer.chat_template or "") else PLAIN
+
+
+def render_chat(tokenizer, syntax: CallSyntax, messages: list[Message], generation_prompt: bool = True) -> str:
+    """The prompt text of paged messages, through the model's own chat template."""
+    chat = [{"role": m.role, "content": m.content} for m in messages]
+    tools = [recall_tool()] if syntax is HERMES else None
+    return tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 class HFEngine:
@@ -47,10 +60,7 @@ class HFEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
-        template = self.tokenizer.chat_template or ""
-        # a template that renders `tools` knows a native tool-call format (Hermes for the
-        # families that ship one); otherwise the system prompt teaches the plain form
-        self.syntax = HERMES if "tools" in template else PLAIN
+        self.syntax = call_syntax(self.tokenizer)
         self.window = int(getattr(self.model.config, "max_position_embeddings", 8192))
         self.kv_mode = kv_mode
         self.max_new_tokens = max_new_tokens
@@ -68,9 +78,7 @@ class HFEngine:
     # --- prompt -> tokens -----------------------------------------------------------------
 
     def _chat(self, messages: list[Message], generation_prompt: bool) -> str:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        tools = [recall_tool()] if self.syntax is HERMES else None
-        return self.tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+        return render_chat(self.tokenizer, self.syntax, messages, generation_prompt)
 
     def encode(self, messages: list[Message]) -> tuple[list[int], list[int]]:
         """Token ids of the prompt, and the token positions where its segments end (where
@@ -109,13 +117,9 @@ class HFEngine:
         answer, usage = "", {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0, "seconds": 0.0}
         started = time.perf_counter()
         for round_ in range(self.max_recall_rounds + 1):
-            messages = session.render(request, None if self.syntax is HERMES else self.syntax.render(["N"]))
+            tool_syntax = None if self.syntax is HERMES else self.syntax.render(["N"])
+            messages = session.render_within(request, tool_syntax, lambda m: len(self.tokenizer(self._chat(m, True), add_special_tokens=False).input_ids), self.window - limit)
             ids, boundaries = self.encode(messages)
-            if len(ids) + limit > self.window:
-                raise ValueError(
-                    f"the prompt needs {len(ids)} tokens plus {limit} to generate, over the model's window of "
-                    f"{self.window}: lower resident_high or the page size"
-                )
             generated, reused = self._generate(
                 kv, ids, boundaries, session, request, limit, on_text, logit_bias, allow_calls=round_ < self.max_recall_rounds
             )
@@ -124,13 +128,10 @@ class HFEngine:
             usage["completion_tokens"] += len(generated)
             usage["rounds"] = round_ + 1
             out = self.tokenizer.decode(generated, skip_special_tokens=True)
-            found = self.syntax.find(out)
-            if found is None or round_ == self.max_recall_rounds:
-                answer += out if found is None else out[: found[0]]
+            shown, recalled = session.take_output(request, self.syntax, out, may_call=round_ < self.max_recall_rounds)
+            answer += shown
+            if not recalled:
                 break
-            start, call, arguments = found
-            answer += out[:start]
-            session.recall(request, call, arguments)
         answer = answer.strip()
         history_tokens = len(self.encode(session.unpaged())[0])  # what the unpaged prompt would have cost
         session.finish(request, answer)
@@ -142,10 +143,9 @@ class HFEngine:
     def _generate(self, kv: KVCacheManager, ids, boundaries, session, request: Request, limit: int, on_text, logit_bias, allow_calls: bool):
         cache, reused = kv.cache_for(ids, boundaries)
         prompt = torch.tensor([ids], device=self.device)
-        recallable = [p for p in session.evicted() if p not in request.prefetched and p not in request.recalled]
         processors = [LogitBias(logit_bias)] if logit_bias else []
         if allow_calls:  # after the bias, so a bias cannot push a call off its grammar
-            processors.append(RecallConstraint(self.tokenizer, self.syntax, recallable, session.config.max_recall_ids, len(ids)))
+            processors.append(RecallConstraint(self.tokenizer, self.syntax, session.recallable(request), session.config.max_recall_ids, len(ids)))
         stops = [RecallStop(self.tokenizer, self.syntax, len(ids))]
         with torch.no_grad():
             out = self.model.generate(

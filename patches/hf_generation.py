@@ -11,7 +11,7 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from paged_context.calls import CallGrammar, CallSyntax, held_back
+from paged_context.calls import CallGrammar, CallSyntax, visible_end
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,14 +92,8 @@ class AnswerStream(BaseStreamer):
 
     def _emit(self, final: bool) -> None:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        start = text.find(self.syntax.marker)
-        if start >= 0:
-            safe = start
-        elif final:
-            safe = len(text)
-        else:
-            safe = len(text) - held_back(text, self.syntax.marker)
-            safe -= text.endswith("\ufffd")  # half a multi-byte character
+        start = self.syntax.find(text)
+        safe = start[0] if start else len(text) if final else visible_end(text, [self.syntax])
         if safe > self.sent:
             self.on_text(text[self.sent : safe])
             self.sent = safe

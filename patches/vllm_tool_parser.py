@@ -27,7 +27,7 @@ from vllm.entrypoints.generate.base.protocol import (
 from vllm.renderers.chat_utils import make_tool_call_id
 from vllm.tool_parsers import ToolParser, ToolParserManager
 
-from paged_context.calls import HERMES, PLAIN, CallSyntax, held_back
+from paged_context.calls import HERMES, PLAIN, CallSyntax, visible_end
 
 NAME = "paged_recall"
 SYNTAXES = (HERMES, PLAIN)
@@ -46,15 +46,6 @@ def first_call(text: str) -> tuple[CallSyntax, int, str, str, bool] | None:
         return None
     start, syntax, call, arguments = min(found, key=lambda f: f[0])
     return syntax, start, call, arguments, call.endswith(syntax.close)
-
-
-def safe_content_end(text: str) -> int:
-    """How much of `text` can be shown: everything before a call, less a tail that could
-    still turn into a call marker."""
-    hit = first_call(text)
-    if hit is not None:
-        return hit[1]
-    return len(text) - max(held_back(text, s.marker) for s in SYNTAXES)
 
 
 @ToolParserManager.register_module(NAME)
@@ -87,7 +78,7 @@ class PagedRecallToolParser(ToolParser):
         delta_token_ids: Sequence[int],
         request,
     ) -> DeltaMessage | None:
-        end = safe_content_end(current_text)
+        end = visible_end(current_text, SYNTAXES)
         content = current_text[self._sent_content : end] if end > self._sent_content else None
         self._sent_content = max(self._sent_content, end)
         deltas: list[DeltaToolCall] = []

@@ -1,1 +1,1 @@
-"""`paged_context.serve`: the OpenAI-compatible paging server. Filled by the server issue."""
+"""`paged_context.serve`: the OpenAI-compatible paging server (`paged-context serve`)."""

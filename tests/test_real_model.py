@@ -93,3 +93,31 @@ def test_the_readme_engine_example_runs_and_prints_what_it_claims(model_dir):
 
     assert blocks(needs_model=True)
     run_and_check(blocks(needs_model=True))
+
+
+def test_the_vllm_server_with_the_default_model_past_the_window(model_dir, tmp_path):
+    """The server as `make serve` starts it (vLLM CPU build, default model), a 12k+ token
+    conversation, a recall round trip and streaming, through the openai client."""
+    pytest.importorskip("vllm")
+    from test_server import Server, chat
+
+    from transformers import AutoTokenizer
+
+    name = "SmolLM2-135M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # the model will not call recall on its own when asked to here: a logit bias starts
+    # the call, and the server's logits processor has to keep it valid
+    bias = {str(i): 30 for i in tokenizer.encode("recall(", add_special_tokens=False)}
+    with Server(model_dir, tmp_path / "pages.db", options=["--default-max-tokens", "32"]) as server:
+        client = server.client()
+        chat(client, "long", "Please remember this: my locker code at the Riverside gym is 4417.", model=name)
+        for i in range(28):  # long messages, short answers: the window is passed in few decoding steps
+            topic = TOPICS[i % len(TOPICS)]
+            chat(client, "long", FILLER.format(topic=topic) + " " + FILLER.format(topic=topic) + f" (note {i})", model=name)
+        response, paging = chat(client, "long", "What is my locker code at the Riverside gym?", model=name, logit_bias=bias)
+        assert paging["history_tokens"] > 12_000 and response.usage.prompt_tokens < 8192
+        assert paging["evicted"] and paging["recalled"] and paging["recall_errors"] == 0
+        assert response.usage.prompt_tokens_details.cached_tokens > 0
+        chunks = list(client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Thanks! Anything else?"}], stream=True, extra_headers={"X-Session-Id": "long"}))
+        assert any(c.choices and c.choices[0].delta.content for c in chunks)
+        assert server.get("/paging/sessions/long")["turns"] == 62

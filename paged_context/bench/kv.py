@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .report import publish, pyplot, table
+from .report import publish, pyplot, save_figure, table
 
 PAGES = (512, 2048, 8192)
 PREFIX = 64  # tokens before the page, as a system prompt would be
@@ -188,10 +188,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(f"KV restore vs recompute ({result['device']})")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(args) -> dict:

@@ -17,7 +17,7 @@ from ..conversations import Conversation, default_locomo_path, load_locomo
 from ..pages import segment
 from ..policies import NAMES, make_policy
 from ..probes import ProbeOutcome, simulate, split_spec
-from .report import publish, pyplot, table
+from .report import publish, pyplot, save_figure, table
 
 BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")
 PAPER_EVICTIONS = ("fifo", "lru", "lfu", "belady")
@@ -240,10 +240,7 @@ def plot(result: dict, path: Path) -> Path:
         ax.set_title(f"{name} (k={result['k']})")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(ncol=3, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(args) -> dict:

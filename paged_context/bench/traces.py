@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .. import traces as tr
 from ..policies import CLASSICAL_ONLINE, NAMES, count_faults, make_policy
-from .report import mean_std, publish, pyplot, table
+from .report import mean_std, publish, pyplot, save_figure, table
 
 SEEDS = tuple(range(42, 52))
 CAPACITIES = (2, 4, 6, 8, 10, 12, 16)
@@ -199,10 +199,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(result["source"])
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(args) -> dict:

@@ -1,0 +1,158 @@
+"""`paged-context serve`: the OpenAI-compatible paging server.
+
+With `--engine vllm` (the default) this is vLLM's own server, started through its
+launcher (`run_server`), so every `vllm serve` flag works; the only change is one hook
+on `build_app` that puts the paging routes in front of vLLM's chat route and registers
+the recall tool parser and logits processor. `--engine hf` serves the transformers
+engine behind the same routes with uvicorn. Without `--model` the embedded default model
+is served (pulled once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PAGING_ROUTES = ("/v1/chat/completions",)
+
+
+def build_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    p = make_arg_parser(
+        FlexibleArgumentParser(
+            prog="paged-context serve",
+            description="OpenAI-compatible server with paging: conversations longer than the model's window keep working. "
+            "Takes every `vllm serve` option, plus the paged-context options below.",
+        )
+    )
+    # safe, small-machine defaults; each is an ordinary vLLM flag that overrides them
+    p.set_defaults(
+        model=None, host="127.0.0.1", port=8000, enforce_eager=True, block_size=32,
+        gpu_memory_utilization=0.3, kv_cache_memory_bytes=1 << 30,
+    )
+    g = p.add_argument_group("paged-context")
+    g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
+    g.add_argument("--db", type=Path, help="SQLite page store (None: $PAGED_CONTEXT_HOME/sessions.db)")
+    g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens")
+    g.add_argument("--resident", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"), help="resident pages: compact to LOW when over HIGH")
+    g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
+    g.add_argument("--prefetch-budget", type=int, default=3, help="pages the controller may prefetch per request")
+    g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
+    g.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
+    g.add_argument("--default-repetition-penalty", type=float, default=1.1, help="repetition_penalty when a request gives none (the transformers engine always uses 1.1)")
+    g.add_argument("--max-request-bytes", type=int, default=8 << 20, help="largest request body accepted")
+    return p
+
+
+def configure(args) -> argparse.Namespace:
+    """Fill in what the paging layer needs: the model, the plugins, the API keys."""
+    from paged_context.models.default_model import home, resolve
+
+    model = args.model or args.model_tag
+    args.model = str(resolve(model))
+    args.model_tag = None
+    if args.served_model_name is None:
+        args.served_model_name = [Path(args.model).name]
+    args.enable_auto_tool_choice = True
+    args.tool_call_parser = "paged_recall"
+    args.tool_parser_plugin = "paged_context.patches.vllm_tool_parser"
+    processor = "paged_context.patches.vllm_logits:RecallLogitsProcessor"
+    args.logits_processors = [*(args.logits_processors or []), processor]
+    keys = args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else [])
+    args.paging_api_keys = frozenset([keys] if isinstance(keys, str) else keys)
+    args.db = args.db or home() / "sessions.db"
+    return args
+
+
+def paging_state(args, engine, tokenizer_count):
+    from paged_context.session import PagingConfig
+    from paged_context.store import SQLiteStore
+
+    from .routes import PagingState
+    from .sessions import SessionRegistry
+
+    config = PagingConfig(
+        boundary=f"tokens_{args.page_tokens}", resident_low=args.resident[0], resident_high=args.resident[1],
+        policy=args.policy, prefetch_budget=args.prefetch_budget,
+    )
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(args.db, tokenizer_count)
+    return PagingState(engine, SessionRegistry(store, config, tokenizer_count), list(args.served_model_name), args.paging_api_keys, args.max_request_bytes, args.default_max_tokens, args.default_repetition_penalty)
+
+
+def install_routes(app, state) -> None:
+    """Our routes replace vLLM's for the same paths; everything else stays vLLM's."""
+    from .routes import router
+
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in PAGING_ROUTES]
+    app.include_router(router)
+    app.state.paging = state
+
+
+def serve_vllm(args) -> None:
+    import uvloop
+    from transformers import AutoTokenizer
+    from vllm.entrypoints.launchers.api_server import entry
+
+    from .engines import VLLMEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    build_app = entry.build_app
+
+    def build_paged_app(app_args, supported_tasks=None, model_config=None):
+        app = build_app(app_args, supported_tasks, model_config)
+        window = model_config.max_model_len if model_config is not None else 8192
+
+        # the engine client is put in app.state after the app is built
+        engine = VLLMEngine(lambda: app.state.engine_client, tokenizer, window, args.recall_rounds)
+        install_routes(app, paging_state(args, engine, engine.count_tokens))
+        return app
+
+    entry.build_app = build_paged_app
+    uvloop.run(entry.run_server(args))
+
+
+def serve_hf(args) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+    from prometheus_client import make_asgi_app
+
+    from paged_context.patches.hf_engine import HFEngine
+
+    from .engines import HFEngineAdapter
+
+    engine = HFEngineAdapter(HFEngine(args.model, max_recall_rounds=args.recall_rounds))
+    app = FastAPI(title="paged-context (transformers engine)")
+    names = list(args.served_model_name)
+
+    @app.get("/health")
+    async def health():
+        return {}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "paged-context", "max_model_len": engine.window} for name in names]}
+
+    app.mount("/metrics", make_asgi_app())
+    install_routes(app, paging_state(args, engine, engine.count_tokens))
+    uvicorn.run(app, host=args.host or "127.0.0.1", port=args.port, log_level="warning")
+
+
+def main(args) -> None:
+    argv = args.argv
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    args = configure(build_parser().parse_args(argv))
+    (serve_hf if args.engine == "hf" else serve_vllm)(args)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="vLLM and paged-context options (paged-context serve --help lists them)")
+
+
+if __name__ == "__main__":
+    main(argparse.Namespace(argv=sys.argv[1:]))

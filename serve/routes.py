@@ -1,0 +1,291 @@
+"""The paging server's HTTP surface: `/v1/chat/completions` (streaming and not) with
+paging, and the session API under `/paging/sessions`. Everything else (`/v1/models`,
+`/health`, `/metrics`, ...) is vLLM's own, or, with `--engine hf`, the minimal set in
+`hf_app`.
+
+Errors use OpenAI's JSON shape, `{"error": {"message", "type", "code"}}`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Histogram
+
+from .engines import Sampling
+from .sessions import BadRequest, Forbidden, SessionRegistry, new_turns, session_id_for, split_messages
+
+router = APIRouter()
+
+PAGES_EVICTED = Counter("paged_context_pages_evicted", "Pages evicted by the controller")
+PAGES_PREFETCHED = Counter("paged_context_pages_prefetched", "Evicted pages brought back by prefetch")
+RECALLS = Counter("paged_context_recall_calls", "Recall calls served (errors included)")
+RECALL_ERRORS = Counter("paged_context_recall_errors", "Recall calls answered with a tool error")
+PAGES_RECALLED = Counter("paged_context_pages_recalled", "Pages brought back by recall calls")
+TOKENS_SAVED = Counter("paged_context_prompt_tokens_saved", "Prompt tokens saved against sending the whole history")
+PROMPT_TOKENS = Counter("paged_context_prompt_tokens", "Prompt tokens sent to the engine (last round of each request)")
+CACHED_TOKENS = Counter("paged_context_cached_prompt_tokens", "Prompt tokens served from the prefix/KV cache")
+TURN_SECONDS = Histogram("paged_context_request_seconds", "Time to answer a paged request")
+
+
+@dataclass
+class PagingState:
+    engine: object  # VLLMEngine or HFEngineAdapter
+    sessions: SessionRegistry
+    model_names: list[str]
+    api_keys: frozenset[str]
+    max_request_bytes: int
+    default_max_tokens: int
+    default_repetition_penalty: float
+
+
+def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status)
+
+
+def unauthorized() -> JSONResponse:
+    return error(401, "a valid API key is required (Authorization: Bearer KEY)", "AuthenticationError")
+
+
+def owner_of(raw: Request, state: PagingState) -> str | None:
+    """The hashed API key that scopes sessions (None when the server has no keys)."""
+    if not state.api_keys:
+        return None
+    header = raw.headers.get("authorization", "")
+    key = header[7:] if header.lower().startswith("bearer ") else None
+    if key not in state.api_keys:
+        raise PermissionError
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _number(body: dict, name: str, default, low, high, integer: bool = False):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        raise BadRequest(f"{name} must be {'an integer' if integer else 'a number'} between {low} and {high}, got {value!r}")
+    return value
+
+
+def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penalty: float) -> Sampling:
+    if body.get("n", 1) != 1:
+        raise BadRequest("n must be 1")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    bias = body.get("logit_bias")
+    if bias is not None:
+        try:
+            bias = {int(token): float(value) for token, value in bias.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise BadRequest("logit_bias must map token ids to numbers") from None
+        if not all(-100 <= v <= 100 and t >= 0 for t, v in bias.items()):
+            raise BadRequest("logit_bias values must be between -100 and 100, keys token ids")
+    return Sampling(
+        max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, 1, 1 << 20, integer=True),
+        temperature=float(_number(body, "temperature", 0.0, 0.0, 2.0)),
+        top_p=float(_number(body, "top_p", 1.0, 1e-6, 1.0)),
+        seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True),
+        logit_bias=bias or None,
+        repetition_penalty=float(_number(body, "repetition_penalty", default_repetition_penalty, 0.5, 2.0)),
+    )
+
+
+async def read_body(raw: Request, state: PagingState) -> dict:
+    size = raw.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > state.max_request_bytes:
+        raise BadRequest(f"request body over {state.max_request_bytes} bytes")
+    data = await raw.body()
+    if len(data) > state.max_request_bytes:
+        raise BadRequest(f"request body over {state.max_request_bytes} bytes")
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(raw: Request):
+    state: PagingState = raw.app.state.paging
+    try:
+        owner = owner_of(raw, state)
+        body = await read_body(raw, state)
+        model = body.get("model")
+        if model is not None and model not in state.model_names:
+            return error(404, f"The model `{model}` does not exist; this server serves {', '.join(state.model_names)}", "NotFoundError")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise BadRequest("messages must be a list of message objects")
+        exchange = split_messages(messages)
+        sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty)
+        if sampling.max_tokens > state.engine.window // 2:
+            raise BadRequest(f"max_tokens={sampling.max_tokens} leaves too little of the model's window ({state.engine.window} tokens) for the conversation; at most {state.engine.window // 2}")
+        user = body.get("user")
+        if user is not None and not isinstance(user, str):
+            raise BadRequest("user must be a string")
+        session_id = session_id_for(raw.headers.get("x-session-id"), user, exchange, owner)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("stream must be true or false")
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    except BadRequest as e:
+        return error(400, str(e))
+    except PermissionError:
+        return unauthorized()
+    try:
+        session = state.sessions.get(session_id, owner)
+    except Forbidden:
+        return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
+    name = model or state.model_names[0]
+    if stream:
+        return StreamingResponse(_stream(state, session, exchange, sampling, name, include_usage), media_type="text/event-stream")
+    try:
+        reply = await _answer(state, session, exchange, sampling)
+    except BadRequest as e:
+        return error(400, str(e))
+    return JSONResponse(_completion(reply, name))
+
+
+async def _answer(state: PagingState, session, exchange, sampling, on_text=None):
+    async with state.sessions.lock(session.id):
+        for role, text in new_turns(session, exchange.turns):
+            session.add_turn(role, text)
+        request = session.ask(exchange.question)  # stored before anything can fail
+        started = time.perf_counter()
+        reply = await state.engine.answer(session, request, sampling, on_text)
+        TURN_SECONDS.observe(time.perf_counter() - started)
+        _count(reply)
+        return reply
+
+
+def _count(reply) -> None:
+    paging, usage = reply.paging, reply.usage
+    PAGES_EVICTED.inc(len(paging["evicted_now"]))
+    PAGES_PREFETCHED.inc(len(paging["prefetched"]))
+    PAGES_RECALLED.inc(len(paging["recalled"]))
+    RECALLS.inc(max(usage.get("rounds", 1) - 1, 0))
+    RECALL_ERRORS.inc(paging["recall_errors"])
+    TOKENS_SAVED.inc(paging["prompt_tokens_saved"])
+    PROMPT_TOKENS.inc(usage["prompt_tokens"])
+    CACHED_TOKENS.inc(usage["cached_tokens"])
+
+
+def _usage(reply) -> dict:
+    u = reply.usage
+    return {
+        "prompt_tokens": u["prompt_tokens"],
+        "completion_tokens": u["completion_tokens"],
+        "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
+        "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]},
+    }
+
+
+def _paging_block(reply) -> dict:
+    return {**{k: v for k, v in reply.paging.items() if k != "kv"}, "cached_prompt_tokens": reply.usage["cached_tokens"], "rounds": reply.usage["rounds"]}
+
+
+def _completion(reply, model: str) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop", "logprobs": None}],
+        "usage": _usage(reply),
+        "paged_context": _paging_block(reply),
+    }
+
+
+async def _stream(state: PagingState, session, exchange, sampling, model: str, include_usage: bool):
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
+        return "data: " + json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}) + "\n\n"
+
+    queue: asyncio.Queue = asyncio.Queue()
+    work = asyncio.create_task(_answer(state, session, exchange, sampling, queue.put_nowait))
+    work.add_done_callback(lambda _: queue.put_nowait(None))
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        while (text := await queue.get()) is not None:
+            if text:
+                yield chunk({"content": text})
+        reply = work.result()
+    except BadRequest as e:
+        yield "data: " + json.dumps({"error": {"message": str(e), "type": "BadRequestError", "code": 400}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    finally:
+        if not work.done():  # the client went away: finish the turn anyway, it is stored
+            await asyncio.shield(work)
+    yield chunk({}, "stop", paged_context=_paging_block(reply))
+    if include_usage:
+        yield chunk(None, usage=_usage(reply))
+    yield "data: [DONE]\n\n"
+
+
+# --- session API ---------------------------------------------------------------------
+
+
+def _session_view(session) -> dict:
+    return {
+        "id": session.id,
+        "turns": len(session.turns),
+        "pages": [
+            {
+                "id": page_id,
+                "bookmark": session.bookmarks[page_id].render(),
+                "resident": page_id in session.resident,
+                "first_turn": page.first_turn,
+                "last_turn": page.last_turn,
+                "tokens": page.tokens,
+            }
+            for page_id, page in sorted(session.pages.items())
+        ],
+    }
+
+
+@router.get("/paging/sessions")
+async def list_sessions(raw: Request):
+    state: PagingState = raw.app.state.paging
+    try:
+        owner = owner_of(raw, state)
+    except PermissionError:
+        return unauthorized()
+    return {"object": "list", "data": state.sessions.list(owner)}
+
+
+async def _on_session(raw: Request, session_id: str, action):
+    """Run `action(registry, owner)` on a session under its lock, with the API key check."""
+    state: PagingState = raw.app.state.paging
+    try:
+        owner = owner_of(raw, state)
+        async with state.sessions.lock(session_id):
+            return action(state.sessions, owner)
+    except PermissionError:
+        return unauthorized()
+    except LookupError:
+        return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
+
+
+@router.get("/paging/sessions/{session_id}")
+async def get_session(session_id: str, raw: Request):
+    return await _on_session(raw, session_id, lambda sessions, owner: _session_view(sessions.get(session_id, owner, create=False)))
+
+
+@router.delete("/paging/sessions/{session_id}")
+async def delete_session(session_id: str, raw: Request):
+    def delete(sessions, owner):
+        sessions.delete(session_id, owner)
+        return {"id": session_id, "deleted": True}
+
+    return await _on_session(raw, session_id, delete)

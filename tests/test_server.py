@@ -1,0 +1,215 @@
+"""The paging server over real HTTP with the real openai client: on vLLM (CPU build) and
+on the transformers engine, with a tiny random Llama whose window we set to 1,024 tokens
+so a conversation outgrows it in seconds. Mechanics are asserted, not the tiny model's
+words. The real default model is served in test_real_model.py."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow
+
+from tiny_model import build  # noqa: E402
+
+WINDOW = 1024
+TINY = [
+    "--served-model-name", "tiny", "--page-tokens", "192", "--resident", "1", "2", "--default-max-tokens", "32",
+    "--max-model-len", str(WINDOW), "--dtype", "float32", "--kv-cache-memory-bytes", str(256 << 20), "--gpu-memory-utilization", "0.2",
+]  # vLLM flags are parsed, and ignored, by --engine hf
+FACT = "Please remember this: my locker code at the Riverside gym is 4417."
+
+
+def filler(i: int) -> str:
+    return f"Message {i}: today I repotted the basil, walked the dog past the river, and read about Lisbon trams and budgets for a while."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model, db, engine="vllm", extra=(), options=TINY):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = db.with_suffix(f".{self.port}.log")
+        self.command = [sys.executable, "-m", "paged_context", "serve", "--model", str(model), "--port", str(self.port), "--db", str(db), "--engine", engine, *options, *extra]
+
+    def __enter__(self):
+        self.out = open(self.log, "w")
+        self.process = subprocess.Popen(self.command, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=5)
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop(signal.SIGKILL)
+                    raise RuntimeError("the server did not come up:\n" + self.log.read_text()[-4000:])
+                time.sleep(1)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)  # the engine's worker processes too
+            self.process.wait(60)
+        self.out.close()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def client(self, key="none"):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def get(self, path, key=None):
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path, body: bytes, headers=None):
+        request = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("tiny-serve"), hidden=128, heads=2)
+
+
+def chat(client, session, text, model="tiny", **options):
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], extra_headers={"X-Session-Id": session}, **options)
+    return response, response.model_extra["paged_context"]
+
+
+@pytest.fixture(scope="module")
+def call_bias(tiny):
+    """A logit bias that makes the tiny model open a recall call (it would not on its
+    own); the server's logits processor then has to keep the call valid."""
+    from transformers import AutoTokenizer
+
+    (start,) = AutoTokenizer.from_pretrained(tiny).encode("recall(", add_special_tokens=False)
+    return {str(start): 30}
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny, tmp_path_factory):
+    with Server(tiny, tmp_path_factory.mktemp("serve") / "pages.db") as server:
+        yield server
+
+
+def test_a_conversation_past_the_window_pages_recalls_and_stays_inside_it(vllm_server, call_bias):
+    client = vllm_server.client()
+    chat(client, "long", FACT)
+    reports = [chat(client, "long", filler(i)) for i in range(24)]
+    response, paging = chat(client, "long", "What is my locker code at the Riverside gym?", logit_bias=call_bias)
+    assert paging["history_tokens"] > WINDOW  # the unpaged conversation no longer fits
+    assert response.usage.prompt_tokens < WINDOW and paging["evicted"]
+    assert paging["prompt_tokens_saved"] > 0
+    view = vllm_server.get("/paging/sessions/long")
+    assert view["turns"] == 52 and any(not p["resident"] for p in view["pages"])
+    assert paging["recalled"] and paging["rounds"] == 3 and paging["recall_errors"] == 0  # served, twice
+    # recalled pages were evicted when asked for, and are resident again now
+    assert not set(paging["recalled"]) & set(reports[-1][1]["resident"])
+    assert set(paging["recalled"]) <= {page["id"] for page in view["pages"] if page["resident"]}
+    assert "recall(" not in (response.choices[0].message.content or "")
+    assert sum(r.usage.prompt_tokens_details.cached_tokens for r, _ in reports) > 0  # vLLM's prefix cache hits
+    metrics = urllib.request.urlopen(vllm_server.url + "/metrics").read().decode()
+    assert "paged_context_pages_evicted_total" in metrics and "paged_context_prompt_tokens_saved_total" in metrics
+
+
+def test_streaming_sends_the_answer_and_the_paging_block(vllm_server):
+    client = vllm_server.client()
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": filler(99)}], stream=True,
+            stream_options={"include_usage": True}, extra_headers={"X-Session-Id": "streamed"},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
+    assert len(finals) == 1 and finals[0].model_extra["paged_context"]["session"] == "streamed"
+    assert chunks[-1].usage.prompt_tokens > 0
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    view = vllm_server.get("/paging/sessions/streamed")
+    assert view["turns"] == 2
+    assert "recall(" not in streamed
+
+
+def test_a_stateless_client_resending_history_is_one_session(vllm_server):
+    client = vllm_server.client()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "My dog is called Biscuit."}]
+    first = client.chat.completions.create(model="tiny", messages=messages)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "What is my dog called?"}]
+    second = client.chat.completions.create(model="tiny", messages=messages)
+    session = first.model_extra["paged_context"]["session"]
+    assert second.model_extra["paged_context"]["session"] == session
+    assert vllm_server.get(f"/paging/sessions/{session}")["turns"] == 4  # nothing stored twice
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (b'{"model": "tiny"}', 400, "messages"),
+        (b'{"messages": []}', 400, "empty"),
+        (b'{"messages": [{"role": "assistant", "content": "hi"}]}', 400, "last message"),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 9}', 400, "temperature"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}', 400, "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}', 400, "window"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400, "text content"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "does not exist"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "user": "../../etc"}', 400, "session id"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(vllm_server, body, status, message):
+    code, payload = vllm_server.post("/v1/chat/completions", body)
+    assert code == status and message in payload["error"]["message"]
+
+
+def test_kill_9_mid_conversation_loses_no_stored_turn(tiny, tmp_path):
+    db = tmp_path / "pages.db"
+    with Server(tiny, db, engine="hf") as server:
+        client = server.client()
+        for i in range(6):
+            chat(client, "durable", filler(i))
+        before = server.get("/paging/sessions/durable")
+        server.stop(signal.SIGKILL)
+    assert before["turns"] == 12
+    with Server(tiny, db, engine="hf") as server:
+        after = server.get("/paging/sessions/durable")
+        assert after["turns"] == 12 and after["pages"] == before["pages"]
+        _, paging = chat(server.client(), "durable", "and one more thing")
+        assert server.get("/paging/sessions/durable")["turns"] == 14 and paging["pages"] >= len(before["pages"])
+
+
+def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):
+    import openai
+
+    with Server(tiny, tmp_path / "pages.db", engine="hf", extra=["--api-key", "alice-key", "bob-key"]) as server:
+        with pytest.raises(openai.AuthenticationError):
+            chat(server.client("wrong"), "s", "hello")
+        chat(server.client("alice-key"), "alice-notes", "my secret is 12")
+        assert server.get("/paging/sessions", key="alice-key")["data"] == ["alice-notes"]
+        assert server.get("/paging/sessions", key="bob-key")["data"] == []
+        with pytest.raises(openai.NotFoundError):
+            chat(server.client("bob-key"), "alice-notes", "what is the secret?")
+        status, _ = server.post("/v1/chat/completions", b"{}", {"Authorization": "Bearer bob-key", "Content-Length": str(1 << 30)})
+        assert status == 400
