@@ -16,11 +16,22 @@ from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, rec
 from .session import PagedSession, PagingConfig
 from .store import PageStore, SQLiteStore
 
+
+
+def __getattr__(name):
+    if name == "PagedLLM":  # imported on use: it needs torch and an engine, the core does not
+        from .llm import PagedLLM
+
+        return PagedLLM
+    raise AttributeError(f"module 'paged_context' has no attribute {name!r}")
+
+
 __all__ = [
     "Bookmark",
     "Conversation",
     "POLICIES",
     "Page",
+    "PagedLLM",
     "PagedSession",
     "PagingConfig",
     "PageStore",

@@ -20,6 +20,11 @@ BENCHMARKS = {
         "cooperative-paging simulator: boundary x eviction grid of page availability on LoCoMo "
         "and synthetic planted-fact conversations, and recall trigger/precision per keyword strategy",
     ),
+    "serve": (
+        "paged_context.bench.serve",
+        "a scripted conversation growing to ~20k tokens against the paging server and the same vLLM engine "
+        "without paging: prompt tokens, cached tokens and time to first token per turn",
+    ),
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "

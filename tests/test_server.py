@@ -213,3 +213,14 @@ def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):
             chat(server.client("bob-key"), "alice-notes", "what is the secret?")
         status, _ = server.post("/v1/chat/completions", b"{}", {"Authorization": "Bearer bob-key", "Content-Length": str(1 << 30)})
         assert status == 400
+
+
+def test_bench_serve_runs_both_servers(tiny, tmp_path):
+    from paged_context.cli import main
+
+    flags = "--max-model-len 1024 --dtype float32 --kv-cache-memory-bytes 268435456 --gpu-memory-utilization 0.2"
+    assert main(["bench", "serve", "--model", str(tiny), "--turns", "3", "--sentences", "2", "--max-tokens", "8", "--engine-flags", flags, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert [r["turn"] for r in result["paged"]] == [1, 2, 3] == [r["turn"] for r in result["unpaged"]]
+    assert all(r["prompt_tokens"] > 0 and r["ttft_s"] > 0 for r in result["paged"] + result["unpaged"])
+    assert (tmp_path / "serve.png").stat().st_size > 0

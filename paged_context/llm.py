@@ -1,0 +1,104 @@
+"""`PagedLLM`: paged conversations in-process, for batch jobs without a server.
+
+    from paged_context import PagedLLM
+
+    llm = PagedLLM()                      # vLLM with the default model; engine="hf" for transformers
+    reply = llm.chat("s1", [{"role": "user", "content": "My locker code is 4417."}])
+    print(reply.text, reply.paging["resident"])
+
+`chat` takes OpenAI-style messages (the whole history or only new turns, as the server
+does) and returns the answer with the same paging report as the server's
+`paged_context` block. With vLLM, the engine runs on an event loop in a background
+thread; scripts must start under `if __name__ == "__main__":` (vLLM spawns workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from .session import PagingConfig
+
+
+class PagedLLM:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        engine: str = "vllm",
+        db: str | Path | None = None,
+        config: PagingConfig = PagingConfig(),
+        max_recall_rounds: int = 2,
+        **engine_args,
+    ):
+        """`model`: a local Hugging Face model directory (default: the embedded model).
+        `db`: a SQLite file for durable sessions (default: in memory only).
+        `engine_args`: passed to vLLM's `AsyncEngineArgs` or to `HFEngine`."""
+        from .models.default_model import resolve
+        from .serve.sessions import SessionRegistry
+        from .store import SQLiteStore
+
+        if engine not in ("vllm", "hf"):
+            raise ValueError(f"engine must be 'vllm' or 'hf', got {engine!r}")
+        self.model = resolve(model)
+        # one event loop in a background thread runs every answer, so the engine's async
+        # state (vLLM's client, the transformers engine's lock) always lives in one loop
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="paged-llm-loop", daemon=True).start()
+        if engine == "hf":
+            from .patches.hf_engine import HFEngine
+            from .serve.engines import HFEngineAdapter
+
+            self.engine = HFEngineAdapter(HFEngine(self.model, max_recall_rounds=max_recall_rounds, **engine_args))
+        else:
+            self.engine = self._start_vllm(max_recall_rounds, engine_args)
+        store = SQLiteStore(db if db is not None else ":memory:", self.engine.count_tokens)
+        self.sessions = SessionRegistry(store, config, self.engine.count_tokens)
+
+    def _start_vllm(self, max_recall_rounds: int, engine_args: dict):
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from .serve.engines import VLLMEngine
+
+        processors = [*engine_args.pop("logits_processors", []), "paged_context.patches.vllm_logits:RecallLogitsProcessor"]
+        args = AsyncEngineArgs(model=str(self.model), logits_processors=processors, **{"enforce_eager": True, "block_size": 32, **engine_args})
+        client = self._run(self._make_client(AsyncLLM, args))
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return VLLMEngine(lambda: client, tokenizer, client.model_config.max_model_len, max_recall_rounds)
+
+    @staticmethod
+    async def _make_client(cls, args):
+        return cls.from_engine_args(args)
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def chat(self, session_id: str, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        """Answer the last user message of `messages` in session `session_id`; returns a
+        `Reply` (`text`, `paging`, `usage`). Raises ValueError for malformed messages."""
+        from .serve.engines import Sampling
+        from .serve.sessions import new_turns, split_messages
+
+        exchange = split_messages(messages)
+        session = self.sessions.get(session_id, None)
+        for role, text in new_turns(session, exchange.turns):
+            session.add_turn(role, text)
+        request = session.ask(exchange.question)
+        return self._run(self.engine.answer(session, request, Sampling(max_tokens, temperature, top_p, seed)))
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if hasattr(self.engine, "client"):
+            self._loop.call_soon_threadsafe(self.engine.client().shutdown)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop = None
+        self.sessions.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

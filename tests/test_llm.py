@@ -1,0 +1,57 @@
+"""PagedLLM: the server's paging in-process, on both engines, with a tiny random Llama."""
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tiny_model import build  # noqa: E402
+
+from paged_context import PagedLLM, PagingConfig  # noqa: E402
+
+CONFIG = PagingConfig(boundary="tokens_64", resident_low=1, resident_high=2, prefetch_budget=1)
+VLLM_ARGS = dict(max_model_len=1024, dtype="float32", kv_cache_memory_bytes=256 << 20, gpu_memory_utilization=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("tiny-llm"), hidden=128, heads=2)
+
+
+def converse(llm):
+    history, replies = [], []
+    for i in range(10):
+        history.append({"role": "user", "content": f"message {i}: Lisbon trams, the budget, and the dog"})
+        reply = llm.chat("s", history, max_tokens=12)  # stateless: the whole history every time
+        history.append({"role": "assistant", "content": reply.text})
+        replies.append(reply)
+    return replies
+
+
+def check(llm, replies):
+    last = replies[-1]
+    assert len(llm.sessions.get("s", None).turns) == 20  # the resent history is not stored twice
+    assert last.paging["pages"] >= 3 and last.paging["evicted"]
+    session = llm.sessions.get("s", None)
+    rendered = "\n".join(m.content for m in last.rendered)
+    out_of_view = [p for p in last.paging["evicted"] if p not in last.paging["prefetched"] + last.paging["recalled"]]
+    assert out_of_view
+    for page_id in out_of_view:
+        assert session.bookmarks[page_id].render() in rendered
+        assert session.pages[page_id].turns[0].text not in rendered
+    assert sum(r.usage["cached_tokens"] for r in replies) > 0
+
+
+def test_paged_llm_on_transformers(tiny, tmp_path):
+    with PagedLLM(tiny, engine="hf", db=tmp_path / "pages.db", config=CONFIG) as llm:
+        check(llm, converse(llm))
+    with pytest.raises(ValueError, match="engine"):
+        PagedLLM(tiny, engine="tgi")
+
+
+@pytest.mark.slow
+def test_paged_llm_on_vllm(tiny):
+    pytest.importorskip("vllm")
+    with PagedLLM(tiny, config=CONFIG, **VLLM_ARGS) as llm:
+        check(llm, converse(llm))
+        with pytest.raises(ValueError, match="last message"):
+            llm.chat("s", [{"role": "assistant", "content": "hi"}])
