@@ -109,12 +109,16 @@ class PagedSession:
 
             self.policy = WithPrefetch(self.policy)  # the controller prefetches whatever evicts
         self.resident = ResidentSet(config.resident_high, self.policy)
+        self.pinned: set[int] = set()  # always in view, whatever the policy says
         self.policy.attach([])
         if store is not None:
             store.create_session(session_id, owner)
             self.turns = store.turns(session_id)
             self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
             self._close_pages()  # replay: the pages follow from the turns again
+            for ref in store.references(session_id):
+                if ref.kind in ("pin", "unpin"):
+                    (self.pinned.add if ref.kind == "pin" else self.pinned.discard)(ref.page_id)
 
     # --- ingest -------------------------------------------------------------------------
 
@@ -158,7 +162,15 @@ class PagedSession:
         return max((p.last_turn + 1 for p in self.pages.values()), default=0)
 
     def evicted(self) -> list[int]:
-        return sorted(p for p in self.pages if p not in self.resident)
+        return sorted(p for p in self.pages if p not in self.resident and p not in self.pinned)
+
+    def pin(self, page_id: int, pinned: bool = True) -> None:
+        """Keep a page in view whatever the policy evicts (or stop doing so); durable."""
+        if page_id not in self.pages:
+            raise KeyError(f"session {self.id!r} has no page {page_id} (pages: {sorted(self.pages) or 'none yet'})")
+        (self.pinned.add if pinned else self.pinned.discard)(page_id)
+        if self.store is not None:
+            self.store.record_references(self.id, self.resident.step, [page_id], "pin" if pinned else "unpin")
 
     def ask(self, text: str, **fields) -> Request:
         """Take a new user turn (stored first), page what has become old, and let the
@@ -250,7 +262,7 @@ class PagedSession:
     def render(self, request: Request, tool_syntax: str | None = None) -> list[Message]:
         """The prompt for `request`, the last turn asked."""
         messages = [Message("system", instructions(tool_syntax), "system")]
-        for page_id in sorted(self.resident.keys):
+        for page_id in sorted(set(self.resident.keys) | self.pinned):
             messages += [Message(t.role, t.text, f"page:{page_id}") for t in self.pages[page_id].turns]
         messages += [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns[self.paged_until : -1]]
         note = self._note(request)
@@ -283,6 +295,7 @@ class PagedSession:
             "session": self.id,
             "pages": len(self.pages),
             "resident": sorted(self.resident.keys),
+            "pinned": sorted(self.pinned),
             "evicted": self.evicted(),
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),

@@ -245,6 +245,7 @@ def _session_view(session) -> dict:
                 "id": page_id,
                 "bookmark": session.bookmarks[page_id].render(),
                 "resident": page_id in session.resident,
+                "pinned": page_id in session.pinned,
                 "first_turn": page.first_turn,
                 "last_turn": page.last_turn,
                 "tokens": page.tokens,
@@ -273,8 +274,10 @@ async def _on_session(raw: Request, session_id: str, action):
             return action(state.sessions, owner)
     except PermissionError:
         return unauthorized()
-    except LookupError:
+    except Forbidden:
         return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
+    except KeyError as missing:  # a page the session does not have
+        return error(404, missing.args[0], "NotFoundError")
 
 
 @router.get("/paging/sessions/{session_id}")
@@ -289,3 +292,18 @@ async def delete_session(session_id: str, raw: Request):
         return {"id": session_id, "deleted": True}
 
     return await _on_session(raw, session_id, delete)
+
+
+@router.post("/paging/sessions/{session_id}/pages/{page_id}/pin")
+async def pin_page(session_id: str, page_id: int, raw: Request):
+    return await _on_session(raw, session_id, lambda sessions, owner: _pin(sessions.get(session_id, owner, create=False), page_id, True))
+
+
+@router.delete("/paging/sessions/{session_id}/pages/{page_id}/pin")
+async def unpin_page(session_id: str, page_id: int, raw: Request):
+    return await _on_session(raw, session_id, lambda sessions, owner: _pin(sessions.get(session_id, owner, create=False), page_id, False))
+
+
+def _pin(session, page_id: int, pinned: bool) -> dict:
+    session.pin(page_id, pinned)  # KeyError for an unknown page: 404
+    return {"session": session.id, "page": page_id, "pinned": pinned}

@@ -198,6 +198,13 @@ def test_kill_9_mid_conversation_loses_no_stored_turn(tiny, tmp_path):
         assert after["turns"] == 12 and after["pages"] == before["pages"]
         _, paging = chat(server.client(), "durable", "and one more thing")
         assert server.get("/paging/sessions/durable")["turns"] == 14 and paging["pages"] >= len(before["pages"])
+        # pinning over the session API
+        assert server.post("/paging/sessions/durable/pages/1/pin", b"") == (200, {"session": "durable", "page": 1, "pinned": True})
+        assert server.get("/paging/sessions/durable")["pages"][0]["pinned"]
+        _, paging = chat(server.client(), "durable", "pinned now?")
+        assert paging["pinned"] == [1] and 1 not in paging["evicted"]
+        code, payload = server.post("/paging/sessions/durable/pages/999/pin", b"")
+        assert code == 404 and "no page 999" in payload["error"]["message"]
 
 
 def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):

@@ -83,3 +83,26 @@ def test_the_controller_prefetches_the_page_with_the_fact(policy):
     request = session.ask("What is my locker code at the Riverside gym?")
     assert fact_page in request.prefetched
     assert "4417" in session.render(request)[-2].content
+
+
+def test_a_pinned_page_stays_in_view_and_the_pin_survives_a_restart(tmp_path):
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=1, resident_low=1, prefetch_budget=0, policy="lru")
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        session = PagedSession("s", config, store)
+        for i in range(10):
+            session.add_turn("user" if i % 2 == 0 else "assistant", f"turn {i} about topic {i}")
+        session.finish(session.ask("first question"), "first answer")  # pages close when a request comes
+        session.pin(1)
+        request = session.ask("what was first?")
+        rendered = "\n".join(m.content for m in session.render(request))
+        assert 1 not in session.resident and 1 not in session.evicted()
+        assert "turn 0 about topic 0" in rendered and "[p1:" not in rendered
+        assert session.report(request, 0, 0)["pinned"] == [1]
+        with pytest.raises(KeyError, match="no page 99"):
+            session.pin(99)
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        again = PagedSession("s", config, store)
+        assert again.pinned == {1}
+        again.pin(1, False)
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        assert PagedSession("s", config, store).pinned == set()
