@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
 from .engines import Sampling
-from .sessions import BadRequest, Forbidden, SessionRegistry, new_turns, session_id_for, split_messages
+from .sessions import BadRequest, Forbidden, SessionRegistry, TooLarge, new_turns, session_id_for, split_messages
 
 router = APIRouter()
 
@@ -99,10 +99,10 @@ def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penal
 async def read_body(raw: Request, state: PagingState) -> dict:
     size = raw.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > state.max_request_bytes:
-        raise BadRequest(f"request body over {state.max_request_bytes} bytes")
+        raise TooLarge(f"request body over {state.max_request_bytes} bytes")
     data = await raw.body()
     if len(data) > state.max_request_bytes:
-        raise BadRequest(f"request body over {state.max_request_bytes} bytes")
+        raise TooLarge(f"request body over {state.max_request_bytes} bytes")
     try:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -137,7 +137,7 @@ async def chat_completions(raw: Request):
             raise BadRequest("stream must be true or false")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
     except BadRequest as e:
-        return error(400, str(e))
+        return error(e.status, str(e), "RequestTooLarge" if e.status == 413 else "BadRequestError")
     except PermissionError:
         return unauthorized()
     try:

@@ -22,7 +22,13 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class BadRequest(ValueError):
-    """The client's mistake: answered with HTTP 400 and this message."""
+    """The client's mistake: answered with HTTP 400 (or `status`) and this message."""
+
+    status = 400
+
+
+class TooLarge(BadRequest):
+    status = 413
 
 
 class Forbidden(LookupError):

@@ -121,3 +121,5 @@ def test_the_vllm_server_with_the_default_model_past_the_window(model_dir, tmp_p
         chunks = list(client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Thanks! Anything else?"}], stream=True, extra_headers={"X-Session-Id": "long"}))
         assert any(c.choices and c.choices[0].delta.content for c in chunks)
         assert server.get("/paging/sessions/long")["turns"] == 62
+        code, payload = server.post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}')
+        assert code == 400 and "temperature" in payload["error"]["message"]

@@ -210,7 +210,7 @@ def test_kill_9_mid_conversation_loses_no_stored_turn(tiny, tmp_path):
 def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):
     import openai
 
-    with Server(tiny, tmp_path / "pages.db", engine="hf", extra=["--api-key", "alice-key", "bob-key"]) as server:
+    with Server(tiny, tmp_path / "pages.db", engine="hf", extra=["--api-key", "alice-key", "bob-key", "--max-request-bytes", "4096"]) as server:
         with pytest.raises(openai.AuthenticationError):
             chat(server.client("wrong"), "s", "hello")
         chat(server.client("alice-key"), "alice-notes", "my secret is 12")
@@ -218,8 +218,8 @@ def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):
         assert server.get("/paging/sessions", key="bob-key")["data"] == []
         with pytest.raises(openai.NotFoundError):
             chat(server.client("bob-key"), "alice-notes", "what is the secret?")
-        status, _ = server.post("/v1/chat/completions", b"{}", {"Authorization": "Bearer bob-key", "Content-Length": str(1 << 30)})
-        assert status == 400
+        status, payload = server.post("/v1/chat/completions", b"x" * 5000, {"Authorization": "Bearer bob-key"})
+        assert status == 413 and "over" in payload["error"]["message"]
 
 
 def test_bench_serve_runs_both_servers(tiny, tmp_path):
