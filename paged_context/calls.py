@@ -28,6 +28,12 @@ class CallSyntax:
     def render(self, page_ids: Collection[int]) -> str:
         return f"{self.marker}{self.head}{', '.join(map(str, page_ids))}{self.tail}"
 
+    def wrap(self, arguments: str) -> str:
+        """A call with the given arguments text, as the model would have written it."""
+        if self.name == "plain":
+            return f"{self.marker}{arguments}{self.close}"
+        return f'{self.marker}\n{{"name": "recall", "arguments": {arguments}}}\n{self.close}'
+
     def find(self, text: str) -> tuple[int, str, str] | None:
         """The first call in `text`: (where it starts, the call's text, its arguments as
         text), or None. A call cut short (no closing text) still counts."""

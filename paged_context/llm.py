@@ -79,13 +79,11 @@ class PagedLLM:
         """Answer the last user message of `messages` in session `session_id`; returns a
         `Reply` (`text`, `paging`, `usage`). Raises ValueError for malformed messages."""
         from .serve.engines import Sampling
-        from .serve.sessions import new_turns, split_messages
+        from .serve.sessions import split_messages
 
         exchange = split_messages(messages)
         session = self.sessions.get(session_id, None)
-        for role, text in new_turns(session, exchange.turns):
-            session.add_turn(role, text)
-        request = session.ask(exchange.question)
+        request = self.sessions.request_for(session, exchange, self.engine.syntax)
         return self._run(self.engine.answer(session, request, Sampling(max_tokens, temperature, top_p, seed)))
 
     def close(self) -> None:

@@ -234,17 +234,19 @@ class PagedSession:
         """Evicted pages this request has not seen yet: what a recall call may name."""
         return [p for p in self.evicted() if p not in request.prefetched and p not in request.recalled]
 
-    def take_output(self, request: Request, syntax: CallSyntax, text: str, may_call: bool) -> tuple[str, bool]:
-        """One generation round's output: the text to show, and whether a recall call in
-        it was served (so the engine should generate again). On the last round a call
-        is cut off, not served."""
+    def take_output(self, request: Request, syntax: CallSyntax, text: str, may_call: bool, serve: bool = True) -> tuple[str, tuple[str, str] | None]:
+        """One generation round's output: the text to show, and the recall call in it as
+        (call, arguments), served unless `serve` is False (the client handles it). A
+        call is cut off, and None returned, when no more calls may be made."""
         found = syntax.find(text)
         if found is None:
-            return text, False
+            return text, None
         start, call, arguments = found
-        if may_call:
+        if not may_call:
+            return text[:start], None
+        if serve:
             self.recall(request, call, arguments)
-        return text[:start], may_call
+        return text[:start], (call, arguments)
 
     def finish(self, request: Request, answer: str) -> Turn:
         """Record the answer. Pages the model recalled become resident again (compacting

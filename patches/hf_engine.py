@@ -27,6 +27,7 @@ class Reply:
     paging: dict
     usage: dict
     rendered: list[Message] = field(repr=False, default_factory=list)  # the last prompt, for inspection
+    call: tuple[str, str] | None = None  # an unserved recall call (call, arguments) for the client
 
 
 def call_syntax(tokenizer) -> CallSyntax:
@@ -108,10 +109,12 @@ class HFEngine:
         on_text: Callable[[str], None] | None = None,
         max_new_tokens: int | None = None,
         logit_bias: dict[int, float] | None = None,
+        expose_recall: bool = False,
     ) -> Reply:
         """Render, generate, serve recall calls (bounded rounds), record the answer.
         `on_text` receives the answer as it is generated; `logit_bias` adds to the logits
-        of the given token ids, as in the OpenAI API."""
+        of the given token ids, as in the OpenAI API. With `expose_recall` a recall call
+        ends the request unanswered, returned in `Reply.call` for the client to handle."""
         kv = self.caches.setdefault(session.id, KVCacheManager(self.model, self.kv_mode, self.kv_host_limit_bytes))
         limit = max_new_tokens or self.max_new_tokens
         answer, usage = "", {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0, "seconds": 0.0}
@@ -128,17 +131,18 @@ class HFEngine:
             usage["completion_tokens"] += len(generated)
             usage["rounds"] = round_ + 1
             out = self.tokenizer.decode(generated, skip_special_tokens=True)
-            shown, recalled = session.take_output(request, self.syntax, out, may_call=round_ < self.max_recall_rounds)
+            shown, call = session.take_output(request, self.syntax, out, round_ < self.max_recall_rounds, serve=not expose_recall)
             answer += shown
-            if not recalled:
+            if call is None or expose_recall:
                 break
         answer = answer.strip()
         history_tokens = len(self.encode(session.unpaged())[0])  # what the unpaged prompt would have cost
-        session.finish(request, answer)
+        if not (expose_recall and call):
+            session.finish(request, answer)
         usage["seconds"] = time.perf_counter() - started
         paging = session.report(request, usage["prompt_tokens"], history_tokens)
         paging["kv"] = asdict(kv.stats())
-        return Reply(answer, paging, usage, messages)
+        return Reply(answer, paging, usage, messages, call if expose_recall else None)
 
     def _generate(self, kv: KVCacheManager, ids, boundaries, session, request: Request, limit: int, on_text, logit_bias, allow_calls: bool):
         cache, reused = kv.cache_for(ids, boundaries)

@@ -32,6 +32,7 @@ class Sampling:
     seed: int | None = None
     logit_bias: dict[int, float] | None = None
     repetition_penalty: float = 1.1  # small models loop under greedy decoding without it
+    expose_recall: bool = False  # return recall calls to the client instead of serving them
 
 
 class VLLMEngine:
@@ -95,17 +96,19 @@ class VLLMEngine:
             usage["cached_tokens"] += cached
             usage["completion_tokens"] += generated
             usage["rounds"] = round_ + 1
-            shown, recalled = session.take_output(request, self.syntax, text, may_call)
+            shown, call = session.take_output(request, self.syntax, text, may_call, serve=not sampling.expose_recall)
             if on_text is not None and len(shown) > sent:
                 on_text(shown[sent:])
             answer += shown
-            if not recalled:
+            if call is None or sampling.expose_recall:
                 break
         answer = answer.strip()
         history_tokens = len(self.encode(session.unpaged()))
-        session.finish(request, answer)  # stored before the client hears the answer
+        exposed = call if sampling.expose_recall else None
+        if exposed is None:
+            session.finish(request, answer)  # stored before the client hears the answer
         usage["seconds"] = time.perf_counter() - started
-        return Reply(answer, session.report(request, usage["prompt_tokens"], history_tokens), usage, messages)
+        return Reply(answer, session.report(request, usage["prompt_tokens"], history_tokens), usage, messages, exposed)
 
 
 class HFEngineAdapter:
@@ -127,6 +130,8 @@ class HFEngineAdapter:
         relay = None if on_text is None else (lambda text: loop.call_soon_threadsafe(on_text, text))
         async with self.lock:
             try:
-                return await asyncio.to_thread(self.engine.answer, session, request, relay, sampling.max_tokens, sampling.logit_bias)
+                return await asyncio.to_thread(
+                    self.engine.answer, session, request, relay, sampling.max_tokens, sampling.logit_bias, sampling.expose_recall
+                )
             except ValueError as error:  # the prompt does not fit the window
                 raise BadRequest(str(error)) from error

@@ -12,14 +12,14 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
 from .engines import Sampling
-from .sessions import BadRequest, Forbidden, SessionRegistry, TooLarge, new_turns, session_id_for, split_messages
+from .sessions import BadRequest, Forbidden, SessionRegistry, TooLarge, session_id_for, split_messages
 
 router = APIRouter()
 
@@ -136,6 +136,10 @@ async def chat_completions(raw: Request):
         if not isinstance(stream, bool):
             raise BadRequest("stream must be true or false")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+        options = body.get("paged_context") or {}
+        if not isinstance(options, dict) or not isinstance(options.get("expose_recall", False), bool):
+            raise BadRequest("paged_context must be an object; paged_context.expose_recall true or false")
+        sampling = replace(sampling, expose_recall=options.get("expose_recall", False))
     except BadRequest as e:
         return error(e.status, str(e), "RequestTooLarge" if e.status == 413 else "BadRequestError")
     except PermissionError:
@@ -156,11 +160,11 @@ async def chat_completions(raw: Request):
 
 async def _answer(state: PagingState, session, exchange, sampling, on_text=None):
     async with state.sessions.lock(session.id):
-        for role, text in new_turns(session, exchange.turns):
-            session.add_turn(role, text)
-        request = session.ask(exchange.question)  # stored before anything can fail
+        request = state.sessions.request_for(session, exchange, state.engine.syntax)  # stored before anything can fail
         started = time.perf_counter()
         reply = await state.engine.answer(session, request, sampling, on_text)
+        if reply.call is not None:
+            state.sessions.pending[session.id] = request
         TURN_SECONDS.observe(time.perf_counter() - started)
         _count(reply)
         return reply
@@ -192,13 +196,23 @@ def _paging_block(reply) -> dict:
     return {**{k: v for k, v in reply.paging.items() if k != "kv"}, "cached_prompt_tokens": reply.usage["cached_tokens"], "rounds": reply.usage["rounds"]}
 
 
+def _tool_calls(reply) -> list[dict]:
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": "recall", "arguments": reply.call[1]}}]
+
+
+def _message(reply) -> dict:
+    if reply.call is None:
+        return {"role": "assistant", "content": reply.text}
+    return {"role": "assistant", "content": reply.text or None, "tool_calls": _tool_calls(reply)}
+
+
 def _completion(reply, model: str) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": _message(reply), "finish_reason": "tool_calls" if reply.call else "stop", "logprobs": None}],
         "usage": _usage(reply),
         "paged_context": _paging_block(reply),
     }
@@ -227,7 +241,11 @@ async def _stream(state: PagingState, session, exchange, sampling, model: str, i
     finally:
         if not work.done():  # the client went away: finish the turn anyway, it is stored
             await asyncio.shield(work)
-    yield chunk({}, "stop", paged_context=_paging_block(reply))
+    if reply.call is not None:
+        calls = [{"index": 0, **call} for call in _tool_calls(reply)]
+        yield chunk({"tool_calls": calls}, "tool_calls", paged_context=_paging_block(reply))
+    else:
+        yield chunk({}, "stop", paged_context=_paging_block(reply))
     if include_usage:
         yield chunk(None, usage=_usage(reply))
     yield "data: [DONE]\n\n"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 
-from paged_context.session import PagedSession, PagingConfig
+from paged_context.calls import CallSyntax
+from paged_context.session import PagedSession, PagingConfig, Request
 from paged_context.store import SQLiteStore
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
@@ -41,6 +43,7 @@ class Exchange:
     turns: list[tuple[str, str]]  # (role, text) before the question, oldest first
     question: str
     instructions: tuple[str, ...] = ()  # the client's system/developer messages
+    calls: tuple[str, ...] = ()  # arguments of recall calls answering the question, to serve first
 
 
 def text_of(content) -> str:
@@ -59,31 +62,63 @@ def text_of(content) -> str:
     raise BadRequest("message content must be a string or a list of text parts")
 
 
+def _only_recall(message: dict) -> bool:
+    calls = message.get("tool_calls")
+    return (
+        message.get("role") == "assistant" and bool(calls) and isinstance(calls, list) and not text_of(message.get("content")).strip()
+        and all(isinstance(c, dict) and (c.get("function") or {}).get("name") == "recall" for c in calls)
+    )
+
+
+def _recall_calls(trailing: list[dict]) -> tuple[str, ...]:
+    """Recall calls after the question: assistant `tool_calls` naming recall, each
+    answered by a tool message (whose content the server replaces with the pages)."""
+    calls, answered = {}, set()
+    for message in trailing:
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            if not _only_recall(message):
+                raise BadRequest("after the last user message only recall tool calls (and their tool messages) may come")
+            for call in message["tool_calls"]:
+                arguments = call["function"].get("arguments", "")
+                calls[call.get("id")] = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        elif message.get("role") == "tool":
+            answered.add(message.get("tool_call_id"))
+        else:
+            raise BadRequest("the last message must come from the user, or answer a recall call with a tool message")
+    if set(calls) != answered:
+        raise BadRequest("every recall tool call needs a tool message with its tool_call_id, and only those")
+    return tuple(calls.values())
+
+
 def split_messages(messages: list[dict]) -> Exchange:
-    """The conversation turns and the question (the last message, from the user).
-    System and developer messages are the client's instructions, not turns: they are
-    not paged."""
+    """The conversation turns, the question (the last user message), and any recall
+    calls after it. System and developer messages are the client's instructions, not
+    turns: they are not paged."""
     if not messages:
         raise BadRequest("messages must not be empty")
-    turns, instructions = [], []
     for i, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        if message.get("role") not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {message.get('role')!r}")
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise BadRequest("the last message must come from the user")
+    calls = _recall_calls(messages[last_user + 1 :])
+    turns, instructions = [], []
+    for message in messages[: last_user + 1]:
         text = text_of(message.get("content"))
-        if role in ("system", "developer"):
+        if message["role"] in ("system", "developer"):
             instructions.append(text)
             continue
-        if role == "assistant" and message.get("tool_calls"):
+        if message["role"] == "tool" or _only_recall(message):
+            continue  # recall mechanics of an earlier request, not conversation
+        if message["role"] == "assistant" and message.get("tool_calls"):
             text = (text + "\n" if text else "") + " ".join(
                 f"{c.get('function', {}).get('name')}({c.get('function', {}).get('arguments')})" for c in message["tool_calls"]
             )
-        turns.append((role, text))
-    if not turns or turns[-1][0] != "user":
-        raise BadRequest("the last message must come from the user")
+        turns.append((message["role"], text))
     if not turns[-1][1].strip():
         raise BadRequest("the last user message is empty")
-    return Exchange(turns[:-1], turns[-1][1], tuple(instructions))
+    return Exchange(turns[:-1], turns[-1][1], tuple(instructions), calls)
 
 
 def session_id_for(header: str | None, user: str | None, exchange: Exchange, key: str | None) -> str:
@@ -120,6 +155,7 @@ class SessionRegistry:
         self.store, self.config, self.count_tokens = store, config, count_tokens
         self.open: dict[str, PagedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        self.pending: dict[str, Request] = {}  # requests whose recall call went to the client
 
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
@@ -134,10 +170,27 @@ class SessionRegistry:
             self.open[session_id] = PagedSession(session_id, self.config, self.store, self.count_tokens, owner=owner)
         return self.open[session_id]
 
+    def request_for(self, session: PagedSession, exchange: Exchange, syntax: CallSyntax) -> Request:
+        """Store what is new in `exchange` and return the request to answer: the one left
+        pending when its recall call went to the client, or a new one. Recall calls the
+        client sent back are served here (the server has the pages; the client's tool
+        message content is not used)."""
+        pending = self.pending.pop(session.id, None)
+        if pending is not None and exchange.calls and session.turns and session.turns[-1].text == pending.text == exchange.question:
+            request = pending  # the question is stored already, and its history
+        else:
+            for role, text in new_turns(session, exchange.turns):
+                session.add_turn(role, text)
+            request = session.ask(exchange.question)
+        for arguments in exchange.calls:
+            session.recall(request, syntax.wrap(arguments), arguments)
+        return request
+
     def list(self, owner: str | None) -> list[str]:
         return [info.id for info in self.store.sessions(owner)]
 
     def delete(self, session_id: str, owner: str | None) -> None:
         self.get(session_id, owner, create=False)
         self.open.pop(session_id, None)
+        self.pending.pop(session_id, None)
         self.store.delete_session(session_id)

@@ -133,6 +133,46 @@ def test_a_conversation_past_the_window_pages_recalls_and_stays_inside_it(vllm_s
     assert "paged_context_pages_evicted_total" in metrics and "paged_context_prompt_tokens_saved_total" in metrics
 
 
+def test_recall_calls_can_go_to_the_client_and_come_back(vllm_server, call_bias):
+    client = vllm_server.client()
+    session = {"X-Session-Id": "exposed"}
+    for i in range(12):
+        _, paging = chat(client, "exposed", filler(i))
+    evicted = paging["evicted"]
+    assert evicted
+    question = [{"role": "user", "content": "Which tram did I read about?"}]
+    exposed = client.chat.completions.create(
+        model="tiny", messages=question, logit_bias=call_bias, extra_headers=session, extra_body={"paged_context": {"expose_recall": True}}
+    )
+    choice = exposed.choices[0]
+    (call,) = choice.message.tool_calls
+    assert choice.finish_reason == "tool_calls" and call.function.name == "recall"
+    assert set(json.loads(call.function.arguments)["page_ids"]) <= set(exposed.model_extra["paged_context"]["evicted"])
+    assert vllm_server.get("/paging/sessions/exposed")["turns"] == 25  # the question is stored, unanswered
+    back = question + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": ""},
+    ]
+    answered = client.chat.completions.create(model="tiny", messages=back, extra_headers=session)
+    paging = answered.model_extra["paged_context"]
+    assert answered.choices[0].finish_reason == "stop"
+    assert set(paging["recalled"]) >= set(json.loads(call.function.arguments)["page_ids"])
+    assert vllm_server.get("/paging/sessions/exposed")["turns"] == 26
+    # a call the client writes itself is served the same way; a bad one becomes a tool error
+    page = paging["evicted"][0]
+    for arguments in (json.dumps({"page_ids": [page]}), '{"page_ids": ["p1", '):
+        scripted = [
+            {"role": "user", "content": "Look at that page again."},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "recall", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": ""},
+        ]
+        report = client.chat.completions.create(model="tiny", messages=scripted, extra_headers=session).model_extra["paged_context"]
+        if arguments.endswith(", "):
+            assert report["recall_errors"] == 1
+        else:  # brought back by the call, unless the controller prefetched it first
+            assert page in report["recalled"] or (page in report["prefetched"] and report["recall_errors"] == 1)
+
+
 def test_streaming_sends_the_answer_and_the_paging_block(vllm_server):
     client = vllm_server.client()
     chunks = list(
@@ -177,6 +217,8 @@ def test_a_stateless_client_resending_history_is_one_session(vllm_server):
         (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400, "text content"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "does not exist"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "user": "../../etc"}', 400, "session id"),
+        (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "x", "content": ""}]}', 400, "tool_call_id"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"expose_recall": "yes"}}', 400, "expose_recall"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(vllm_server, body, status, message):
