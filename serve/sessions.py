@@ -137,12 +137,14 @@ def session_id_for(header: str | None, user: str | None, exchange: Exchange, key
 def new_turns(session: PagedSession, turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The turns of a request the session does not have yet. A full history starts with
     what the session holds; anything else is taken as new turns only."""
-    held = [(t.role, t.text) for t in session.turns]
-    if len(turns) >= len(held) and turns[: len(held)] == held:
+    # clients rebuild answers from streamed chunks, so compare without edge whitespace
+    held = [(t.role, t.text.strip()) for t in session.turns]
+    sent = [(role, text.strip()) for role, text in turns]
+    if len(sent) >= len(held) and sent[: len(held)] == held:
         return turns[len(held) :]
     # the client sent its recent turns only: skip the part that overlaps our tail
-    for overlap in range(min(len(turns), len(held)), 0, -1):
-        if turns[:overlap] == held[-overlap:]:
+    for overlap in range(min(len(sent), len(held)), 0, -1):
+        if sent[:overlap] == held[-overlap:]:
             return turns[overlap:]
     return turns
 

@@ -3,12 +3,15 @@ on the transformers engine, with a tiny random Llama whose window we set to 1,02
 so a conversation outgrows it in seconds. Mechanics are asserted, not the tiny model's
 words. The real default model is served in test_real_model.py."""
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,11 +198,16 @@ def test_a_stateless_client_resending_history_is_one_session(vllm_server):
     client = vllm_server.client()
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "My dog is called Biscuit."}]
     first = client.chat.completions.create(model="tiny", messages=messages)
+    session = first.model_extra["paged_context"]["session"]
     messages += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "What is my dog called?"}]
     second = client.chat.completions.create(model="tiny", messages=messages)
-    session = first.model_extra["paged_context"]["session"]
     assert second.model_extra["paged_context"]["session"] == session
-    assert vllm_server.get(f"/paging/sessions/{session}")["turns"] == 4  # nothing stored twice
+    # the next answer comes streamed, and the client resends it as it pieced it together
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages + [{"role": "assistant", "content": second.choices[0].message.content}, {"role": "user", "content": "Thanks!"}], stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    messages += [{"role": "assistant", "content": second.choices[0].message.content}, {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": streamed}, {"role": "user", "content": "Bye."}]
+    client.chat.completions.create(model="tiny", messages=messages)
+    assert vllm_server.get(f"/paging/sessions/{session}")["turns"] == 8  # nothing stored twice
 
 
 @pytest.mark.parametrize(
@@ -226,20 +234,37 @@ def test_bad_requests_get_a_4xx_with_a_message(vllm_server, body, status, messag
     assert code == status and message in payload["error"]["message"]
 
 
+def stored_turns(db) -> list[tuple[str, str]]:
+    """What the SQLite file holds, read beside the server (WAL allows it)."""
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT role, text FROM turns WHERE session_id = 'durable' ORDER BY idx").fetchall()
+
+
 def test_kill_9_mid_conversation_loses_no_stored_turn(tiny, tmp_path):
     db = tmp_path / "pages.db"
-    with Server(tiny, db, engine="hf") as server:
+    with Server(tiny, db) as server:
         client = server.client()
         for i in range(6):
             chat(client, "durable", filler(i))
-        before = server.get("/paging/sessions/durable")
+        # kill -9 while the next request is being answered: its question is stored first
+        def ask_and_lose_the_connection():
+            with contextlib.suppress(Exception):  # the server dies under it
+                chat(client, "durable", "a long answer, please", max_tokens=500)
+
+        in_flight = threading.Thread(target=ask_and_lose_the_connection)
+        in_flight.start()
+        deadline = time.monotonic() + 60
+        while len(stored_turns(db)) < 13 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = stored_turns(db)
         server.stop(signal.SIGKILL)
-    assert before["turns"] == 12
-    with Server(tiny, db, engine="hf") as server:
+        in_flight.join(60)
+    assert len(before) >= 13 and before[12] == ("user", "a long answer, please")
+    with Server(tiny, db) as server:
         after = server.get("/paging/sessions/durable")
-        assert after["turns"] == 12 and after["pages"] == before["pages"]
+        assert stored_turns(db)[: len(before)] == before and after["turns"] >= len(before)
         _, paging = chat(server.client(), "durable", "and one more thing")
-        assert server.get("/paging/sessions/durable")["turns"] == 14 and paging["pages"] >= len(before["pages"])
+        assert server.get("/paging/sessions/durable")["turns"] == after["turns"] + 2 and paging["pages"] >= 1
         # pinning over the session API
         assert server.post("/paging/sessions/durable/pages/1/pin", b"") == (200, {"session": "durable", "page": 1, "pinned": True})
         assert server.get("/paging/sessions/durable")["pages"][0]["pinned"]
