@@ -118,7 +118,8 @@ def run(model: Path, turns: int, sentences: int, max_tokens: int, engine_flags: 
     name = model.name
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     common = ["--model", str(model), "--served-model-name", name, "--enforce-eager", "--block-size", "32",
-              "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.3", *engine_flags]
+              "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.3",
+              "--enable-prompt-tokens-details", *engine_flags]  # stock vLLM reports cached tokens only with it
     result = {"model": name, "turns": turns, "max_tokens": max_tokens, "engine_flags": engine_flags}
     port = _free_port()
     server = Launched([sys.executable, "-m", "paged_context", "serve", "--port", str(port), "--db", str(work / "pages.db"), *common], port, work / "paged.log")
