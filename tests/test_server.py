@@ -5,11 +5,8 @@ words. The real default model is served in test_real_model.py."""
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 from tiny_model import build  # noqa: E402
 
+from paged_context.bench.serve import Launched, free_port  # noqa: E402
+
 WINDOW = 1024
 TINY = [
     "--served-model-name", "tiny", "--page-tokens", "192", "--resident", "1", "2", "--default-max-tokens", "32",
@@ -35,38 +34,21 @@ def filler(i: int) -> str:
     return f"Message {i}: today I repotted the basil, walked the dog past the river, and read about Lisbon trams and budgets for a while."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
+    """`paged-context serve` in a subprocess, with small HTTP helpers."""
+
     def __init__(self, model, db, engine="vllm", extra=(), options=TINY):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = db.with_suffix(f".{self.port}.log")
         self.command = [sys.executable, "-m", "paged_context", "serve", "--model", str(model), "--port", str(self.port), "--db", str(db), "--engine", engine, *options, *extra]
 
     def __enter__(self):
-        self.out = open(self.log, "w")
-        self.process = subprocess.Popen(self.command, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=5)
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop(signal.SIGKILL)
-                    raise RuntimeError("the server did not come up:\n" + self.log.read_text()[-4000:])
-                time.sleep(1)
+        self.launched = Launched(self.command, self.port, self.log, timeout=300)
+        self.url = self.launched.url
+        return self
 
     def stop(self, sig=signal.SIGTERM):
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)  # the engine's worker processes too
-            self.process.wait(60)
-        self.out.close()
+        self.launched.stop(sig)
 
     def __exit__(self, *exc):
         self.stop()

@@ -43,33 +43,35 @@ def message(turn: int, sentences: int) -> str:
     return f"(Note {turn}.) {body} What do you think about {topic}?"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Launched:
-    """A server process started for the benchmark and stopped after it."""
+    """A server process (and its engine's workers, one process group), up once its
+    /health answers; stopped with `stop`."""
 
-    def __init__(self, command: list[str], port: int, log: Path):
+    def __init__(self, command: list[str], port: int, log: Path, timeout: float = 600):
         self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
         self.log = open(log, "w")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=5)
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{command[2]} did not start; see {log}")
-                time.sleep(2)
+                    self.stop(signal.SIGKILL)
+                    raise RuntimeError(f"the server did not come up:\n{log.read_text()[-4000:]}")
+                time.sleep(1)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, sig)
             self.process.wait(60)
         self.log.close()
 
@@ -121,13 +123,13 @@ def run(model: Path, turns: int, sentences: int, max_tokens: int, engine_flags: 
               "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.3",
               "--enable-prompt-tokens-details", *engine_flags]  # stock vLLM reports cached tokens only with it
     result = {"model": name, "turns": turns, "max_tokens": max_tokens, "engine_flags": engine_flags}
-    port = _free_port()
+    port = free_port()
     server = Launched([sys.executable, "-m", "paged_context", "serve", "--port", str(port), "--db", str(work / "pages.db"), *common], port, work / "paged.log")
     try:
         result["paged"] = converse(server.url, name, turns, sentences, max_tokens, "bench", "paged")
     finally:
         server.stop()
-    port = _free_port()
+    port = free_port()
     server = Launched([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--port", str(port), *common], port, work / "unpaged.log")
     try:
         result["unpaged"] = converse(server.url, name, turns, sentences, max_tokens, None, "unpaged")
