@@ -28,6 +28,11 @@ class CallSyntax:
     def render(self, page_ids: Collection[int]) -> str:
         return f"{self.marker}{self.head}{', '.join(map(str, page_ids))}{self.tail}"
 
+    def instruction(self) -> str | None:
+        """The example call the system prompt shows; None for Hermes, whose chat template
+        already shows the model how to call tools."""
+        return None if self.name == "hermes" else self.render(["N"])
+
     def wrap(self, arguments: str) -> str:
         """A call with the given arguments text, as the model would have written it."""
         if self.name == "plain":

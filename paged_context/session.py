@@ -24,7 +24,7 @@ the parts that change every request (bookmarks, prefetch) sit just before the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 from . import keywords
 from .bookmarks import Bookmark
 from .calls import CallSyntax
@@ -204,17 +204,19 @@ class PagedSession:
         request.recalls.append((call, result, tuple(ids)))
         return result
 
-    def render_within(self, request: Request, tool_syntax: str | None, count: Callable[[list[Message]], int], budget: int) -> list[Message]:
-        """The prompt, shrunk with `make_room` until `count(prompt)` is at most `budget`
-        tokens (the model's window less the answer's room)."""
+    def render_within(
+        self, request: Request, tool_syntax: str | None, encode: Callable[[list[Message]], Sequence[int]], budget: int
+    ) -> tuple[list[Message], Sequence[int]]:
+        """The prompt and its tokens (`encode(prompt)`), shrunk with `make_room` until it
+        is at most `budget` tokens (the model's window less the answer's room)."""
         while True:
             messages = self.render(request, tool_syntax)
-            size = count(messages)
-            if size <= budget:
-                return messages
+            tokens = encode(messages)
+            if len(tokens) <= budget:
+                return messages, tokens
             if not self.make_room(request):
                 raise ValueError(
-                    f"the recent turns alone need {size} tokens, over the budget of {budget}: "
+                    f"the recent turns alone need {len(tokens)} tokens, over the budget of {budget}: "
                     "lower max_tokens, or page sooner (fewer recent turns, smaller pages)"
                 )
 

@@ -120,9 +120,9 @@ class HFEngine:
         answer, usage = "", {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0, "seconds": 0.0}
         started = time.perf_counter()
         for round_ in range(self.max_recall_rounds + 1):
-            tool_syntax = None if self.syntax is HERMES else self.syntax.render(["N"])
-            messages = session.render_within(request, tool_syntax, lambda m: len(self.tokenizer(self._chat(m, True), add_special_tokens=False).input_ids), self.window - limit)
-            ids, boundaries = self.encode(messages)
+            plain = lambda m: self.tokenizer(self._chat(m, True), add_special_tokens=False).input_ids  # noqa: E731
+            messages, _ = session.render_within(request, self.syntax.instruction(), plain, self.window - limit)
+            ids, boundaries = self.encode(messages)  # again, with the offsets the boundaries need
             generated, reused = self._generate(
                 kv, ids, boundaries, session, request, limit, on_text, logit_bias, allow_calls=round_ < self.max_recall_rounds
             )

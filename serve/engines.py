@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from paged_context.calls import HERMES, visible_end
+from paged_context.calls import visible_end
 from paged_context.patches.hf_engine import Reply, call_syntax, render_chat
 from paged_context.session import PagedSession, Request
 
@@ -55,12 +55,10 @@ class VLLMEngine:
         started, answer, messages = time.perf_counter(), "", []
         for round_ in range(self.max_recall_rounds + 1):
             may_call = round_ < self.max_recall_rounds and bool(session.recallable(request))
-            tool_syntax = None if self.syntax is HERMES else self.syntax.render(["N"])
             try:
-                messages = session.render_within(request, tool_syntax, lambda m: len(self.encode(m)), self.window - sampling.max_tokens)
+                messages, ids = session.render_within(request, self.syntax.instruction(), self.encode, self.window - sampling.max_tokens)
             except ValueError as error:
                 raise BadRequest(str(error)) from error
-            ids = self.encode(messages)
             extra = None
             if may_call:
                 extra = {
