@@ -8,6 +8,15 @@ all tokens before b, so it is only ever reused after exactly the same tokens, an
 prefix is restored by following its chain of chunks. That is *exact*: the logits after a
 restore equal those of a full recompute.
 
+Restoring should cost what moving the bytes costs (ANCHORS.md section 5: pinned copies
+run at ~55 GB/s on an H100, pageable ones ~8x slower). So on CUDA the host pool is pinned
+memory allocated once and reused (`HostPool`), each chunk is one contiguous buffer laid
+out layer-major so that a layer of a chunk moves in a single copy, the copies run on a
+side stream (`CopyStream`), and a restore is a handle (`Restore`) whose layers the
+compute stream waits for one by one, only when the model reaches them: a recalled page
+streams in while the new turn's first layers already compute. On CPU the same code runs
+with plain memory and synchronous copies.
+
 `splice` mode (opt-in, approximate) also reuses a segment's KV at a new position after a
 different prefix, re-rotating its keys with RoPE (InfLLM/ArkVale-style). Its values, and
 the keys' content, still carry the old context, so it is not equal to a recompute:
@@ -16,14 +25,16 @@ the keys' content, still carry the old context, so it is not equal to a recomput
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
 
@@ -31,12 +42,151 @@ Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [bat
 @dataclass
 class KVStats:
     device_bytes: int = 0  # the live cache
-    host_bytes: int = 0  # the snapshot pool
+    host_bytes: int = 0  # the snapshot pool: bytes held by chunks
+    host_reserved_bytes: int = 0  # host memory set aside for the pool (pinned on CUDA), used or free
+    host_slabs: int = 0  # host allocations made so far: flat once the pool is warm, as buffers are reused
+    host_pinned: bool = False
     chunks: int = 0
     restores: int = 0
     restored_tokens: int = 0  # served from the pool or the live cache
     recomputed_tokens: int = 0  # left for the model to compute
     spliced_tokens: int = 0  # reused at a new position (splice mode only)
+
+
+class HostPool:
+    """Host memory for KV snapshots: a few large slabs, allocated once up to a byte limit
+    and carved into ranges (first fit, neighbours merged on release). Pinning memory is
+    slow and pinned memory is what makes host-to-device copies fast, so it is pinned once
+    and reused rather than allocated per snapshot."""
+
+    ALIGN = 512  # range offsets: any dtype can view them, and DMA likes aligned starts
+
+    def __init__(self, limit_bytes: int | None, pin: bool, slab_bytes: int = 256 << 20):
+        self.limit, self.pin, self.slab_bytes = limit_bytes, pin, slab_bytes
+        self.slabs: list[torch.Tensor | None] = []  # uint8; None once given back
+        self.free: list[list[tuple[int, int]]] = []  # per slab: (offset, size), sorted by offset
+        self.reserved = 0
+        self.allocations = 0
+
+    def alloc(self, nbytes: int) -> tuple[int, int, torch.Tensor] | None:
+        """A (slab, offset, uint8 view) range of `nbytes`, or None when the limit leaves no
+        room (the caller evicts a chunk and asks again)."""
+        size = -(-nbytes // self.ALIGN) * self.ALIGN
+        for grow in (False, True, True):
+            for s, ranges in enumerate(self.free):
+                for i, (offset, free) in enumerate(ranges):
+                    if free >= size:
+                        ranges[i : i + 1] = [(offset + size, free - size)] if free > size else []
+                        return s, offset, self.slabs[s][offset : offset + nbytes]
+            if grow and not self._grow(size):
+                self._drop_empty_slabs()  # a range larger than any slab: make room for a slab of its size
+        return None
+
+    def release(self, slab: int, offset: int, nbytes: int) -> None:
+        size = -(-nbytes // self.ALIGN) * self.ALIGN
+        ranges = self.free[slab]
+        ranges.append((offset, size))
+        ranges.sort()
+        merged = [ranges[0]]
+        for start, length in ranges[1:]:
+            if merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((start, length))
+        self.free[slab] = merged
+
+    def _grow(self, size: int) -> bool:
+        room = float("inf") if self.limit is None else self.limit - self.reserved
+        if room < size:
+            return False
+        slab_size = int(max(size, min(self.slab_bytes, room)))
+        self.slabs.append(torch.empty(slab_size, dtype=torch.uint8, pin_memory=self.pin))
+        self.free.append([(0, slab_size)])
+        self.reserved += slab_size
+        self.allocations += 1
+        return True
+
+    def _drop_empty_slabs(self) -> None:
+        for s, slab in enumerate(self.slabs):
+            if slab is not None and self.free[s] == [(0, slab.numel())]:
+                self.reserved -= slab.numel()
+                self.slabs[s], self.free[s] = None, []
+
+
+class CopyStream:
+    """Where host<->device copies run: a side CUDA stream, so they overlap the model's
+    compute, ordered with it by events. On CPU there is nothing to overlap with: copies
+    run inline and every method is a no-op."""
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def active(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def after_compute(self) -> None:
+        """Make later copies wait for the compute queued so far (the KV they read)."""
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+
+    def mark(self) -> torch.cuda.Event | None:
+        """An event after the copies queued so far."""
+        return self.stream.record_event() if self.stream is not None else None
+
+    def to_compute(self, tensor: torch.Tensor) -> None:
+        """`tensor` was allocated on the side stream and is read by the compute stream:
+        keep the allocator from reusing its memory before that reading is done."""
+        if self.stream is not None:
+            tensor.record_stream(torch.cuda.current_stream(self.stream.device))
+
+    def to_copies(self, tensor: torch.Tensor) -> None:
+        """The same for a compute-stream tensor read by the side stream."""
+        if self.stream is not None:
+            tensor.record_stream(self.stream)
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+
+class _RestoredLayer(DynamicLayer):
+    """A cache layer holding restored KV whose copy may still be in flight: the compute
+    stream waits for it when the model first uses the layer, not before."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, ready: torch.cuda.Event | None):
+        super().__init__()
+        self.keys, self.values, self.ready = keys, values, ready
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.ready)
+            self.ready = None
+        return super().update(key_states, value_states, *args, **kwargs)
+
+
+@dataclass
+class Restore:
+    """A restore started by `KVCacheManager.start_restore`: the KV of the first `tokens`
+    tokens, and per layer the event after which its copy has landed (None: already there)."""
+
+    tokens: int
+    layers: Layers
+    ready: list = field(default_factory=list)
+    config: object = None
+
+    def cache(self) -> DynamicCache:
+        """A cache for the model; each layer waits for its copy when the model reaches it."""
+        cache = DynamicCache(config=self.config)
+        for i, (k, v) in enumerate(self.layers):
+            cache.layers[i] = _RestoredLayer(k, v, self.ready[i] if self.ready else None)
+        return cache
+
+    def wait(self) -> None:
+        """Block the host until every copy has landed (benchmarks; tests)."""
+        for event in self.ready:
+            if event is not None:
+                event.synchronize()
 
 
 @dataclass
@@ -45,11 +195,17 @@ class _Chunk:
     start: int
     end: int
     parent: bytes | None  # key of the prefix before `start`
-    layers: Layers  # on the host
+    host: torch.Tensor  # [layers, tokens, 2 (key, value), batch, heads, dim], one contiguous range of the pool
+    slot: tuple[int, int]  # (slab, offset) in the pool
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+        return self.host.nbytes
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's keys and values as [batch, heads, tokens, dim] views."""
+        kv = self.host[i].permute(1, 2, 3, 0, 4)  # [2, batch, heads, tokens, dim]
+        return kv[0], kv[1]
 
 
 def prefix_keys(ids: Sequence[int], positions: Sequence[int]) -> dict[int, bytes]:
@@ -66,6 +222,11 @@ def _nbytes(layers: Layers) -> int:
     return sum(k.nbytes + v.nbytes for k, v in layers)
 
 
+def _token_major(k: torch.Tensor) -> torch.Tensor:
+    """[batch, heads, tokens, dim] -> [tokens, batch, heads, dim] (a view)."""
+    return k.permute(2, 0, 1, 3)
+
+
 class KVCacheManager:
     def __init__(self, model, mode: str = "exact", host_limit_bytes: int | None = None):
         if mode not in ("exact", "splice"):
@@ -73,14 +234,15 @@ class KVCacheManager:
         layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
         if layer_types != {"full_attention"}:
             raise ValueError(f"KV restore needs full-attention layers only, this model has {sorted(layer_types)}")
-        self.model, self.mode, self.host_limit = model, mode, host_limit_bytes
+        self.model, self.mode = model, mode
         self.device = next(model.parameters()).device
-        self.pin = self.device.type == "cuda"  # pinned host memory makes host-to-device copies fast
+        self.host = HostPool(host_limit_bytes, pin=self.device.type == "cuda")
+        self.copies = CopyStream(self.device)
         self.pool: OrderedDict[bytes, _Chunk] = OrderedDict()  # LRU order
         self.segments: dict[bytes, _Chunk] = {}  # splice mode: chunks by their own tokens
         self.boundaries: set[int] = set()  # every boundary position ever stored
         self.live: tuple[list[int], DynamicCache] | None = None
-        self._stats = KVStats()
+        self._stats = KVStats(host_pinned=self.host.pin)
 
     # --- restore --------------------------------------------------------------------------
 
@@ -88,23 +250,32 @@ class KVCacheManager:
         """A cache holding the KV of the longest known prefix of `ids` (at least the last
         token is left to compute), and that prefix's length. `boundaries` (segment ends of
         `ids`) let splice mode reuse segments after the exact prefix."""
+        restore = self.start_restore(ids, boundaries)
+        return restore.cache(), restore.tokens
+
+    def start_restore(self, ids: Sequence[int], boundaries: Sequence[int] = ()) -> Restore:
+        """Start bringing the longest known prefix of `ids` to the device and return at
+        once: the copies run on the side stream while the caller goes on (tokenizing,
+        queueing the new tokens' prefill), and `Restore.cache()` hands them to the model."""
         ids = list(ids)
         limit = len(ids) - 1
         live = self._live_prefix(ids, limit)
-        restored, layers = self._pool_prefix(ids, limit)
+        chain = self._pool_prefix(ids, limit)
+        restored = chain[-1].end if chain else 0
         if live[0] >= restored:
-            restored, layers = live
+            restored, layers, ready = live[0], live[1], []
+        else:
+            layers, ready = self._copy_in(chain)
         if self.mode == "splice":
+            self.copies.synchronize()  # splicing reads host buffers the side stream may still be writing
             layers, spliced = self._splice(ids, layers, restored, sorted(b for b in boundaries if restored < b <= limit))
+            ready = []  # the splice waited for the copies
             self._stats.spliced_tokens += spliced - restored
             restored = spliced
-        cache = DynamicCache(config=self.model.config)
-        for i, (k, v) in enumerate(layers):
-            cache.update(k.to(self.device, non_blocking=True), v.to(self.device, non_blocking=True), i)
         self._stats.restores += restored > 0
         self._stats.restored_tokens += restored
         self._stats.recomputed_tokens += len(ids) - restored
-        return cache, restored
+        return Restore(restored, layers, ready, self.model.config)
 
     def _live_prefix(self, ids: list[int], limit: int) -> tuple[int, Layers]:
         if self.live is None:
@@ -117,15 +288,15 @@ class KVCacheManager:
             n += 1
         return n, [(k[..., :n, :], v[..., :n, :]) for k, v in _layers(cache)] if n else []
 
-    def _pool_prefix(self, ids: list[int], limit: int) -> tuple[int, Layers]:
+    def _pool_prefix(self, ids: list[int], limit: int) -> list[_Chunk]:
         keys = prefix_keys(ids, [b for b in self.boundaries if b <= limit])
         for end in sorted(keys, reverse=True):
             chain = self._chain(keys[end])
             if chain:
                 for chunk in chain:
                     self.pool.move_to_end(chunk.key)
-                return end, self._concat(chain)
-        return 0, []
+                return chain
+        return []
 
     def _chain(self, key: bytes) -> list[_Chunk]:
         """The chunks from position 0 to the one keyed `key`, or [] if a link is missing."""
@@ -138,11 +309,24 @@ class KVCacheManager:
             key = chunk.parent
         return chain[::-1]
 
-    def _concat(self, chain: list[_Chunk]) -> Layers:
-        return [
-            (torch.cat([c.layers[i][0] for c in chain], -2), torch.cat([c.layers[i][1] for c in chain], -2))
-            for i in range(len(chain[0].layers))
-        ]
+    def _copy_in(self, chain: list[_Chunk]) -> tuple[Layers, list]:
+        """Queue the copy of a chain of chunks into one device buffer: one copy per chunk
+        per layer, each layer followed by an event, so layer 0 can be used while the
+        others are still in flight. Returns per-layer views and events."""
+        if not chain:
+            return [], []
+        first = chain[0].host
+        n_layers, tokens = first.shape[0], chain[-1].end
+        with self.copies.active():
+            buffer = torch.empty((n_layers, tokens, *first.shape[2:]), dtype=first.dtype, device=self.device)
+            ready = []
+            for i in range(n_layers):
+                for chunk in chain:
+                    buffer[i, chunk.start : chunk.end].copy_(chunk.host[i], non_blocking=True)
+                ready.append(self.copies.mark())
+        self.copies.to_compute(buffer)
+        kv = buffer.permute(0, 2, 3, 4, 1, 5)  # [layers, 2, batch, heads, tokens, dim]
+        return [(kv[i, 0], kv[i, 1]) for i in range(n_layers)], ready
 
     # --- snapshot -------------------------------------------------------------------------
 
@@ -158,33 +342,54 @@ class KVCacheManager:
             key = keys[end]
             if key in self.pool:
                 self.pool.move_to_end(key)
-            else:
-                host = [self._to_host(k[..., start:end, :], v[..., start:end, :]) for k, v in layers]
-                chunk = _Chunk(key, start, end, keys[start] if start else None, host)
-                self.pool[key] = chunk
-                self._stats.host_bytes += chunk.nbytes
-                if self.mode == "splice":
-                    self.segments.setdefault(prefix_keys(ids[start:end], [end - start])[end - start], chunk)
+            elif (chunk := self._store(key, start, end, keys[start] if start else None, layers)) and self.mode == "splice":
+                self.segments.setdefault(prefix_keys(ids[start:end], [end - start])[end - start], chunk)
             self.boundaries.add(end)
             start = end
         self.live = (ids, cache)
         self._stats.device_bytes = _nbytes(layers)
-        self._evict()
 
-    def _to_host(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = k.detach().to("cpu", copy=True), v.detach().to("cpu", copy=True)
-        return (k.pin_memory(), v.pin_memory()) if self.pin else (k, v)
+    def _store(self, key: bytes, start: int, end: int, parent: bytes | None, layers: Layers) -> _Chunk | None:
+        """Copy tokens [start, end) of every layer into one pool range: gathered on the
+        device into the chunk's layout, then one device-to-host copy on the side stream."""
+        k0 = layers[0][0]
+        shape = (len(layers), end - start, 2, k0.shape[0], k0.shape[1], k0.shape[3])
+        slot = self._alloc(torch.Size(shape).numel() * k0.element_size())
+        if slot is None:
+            return None  # larger than the whole pool: left to recompute
+        host = slot[2].view(k0.dtype).view(shape)
+        on_cpu = k0.device.type == "cpu"
+        staging = host if on_cpu else torch.empty(shape, dtype=k0.dtype, device=k0.device)
+        for i, (k, v) in enumerate(layers):
+            torch.stack((_token_major(k[..., start:end, :]), _token_major(v[..., start:end, :])), 1, out=staging[i])
+        if not on_cpu:
+            self.copies.after_compute()
+            with self.copies.active():
+                host.copy_(staging, non_blocking=True)
+            self.copies.to_copies(staging)
+        chunk = self.pool[key] = _Chunk(key, start, end, parent, host, slot[:2])
+        self._stats.host_bytes += chunk.nbytes
+        return chunk
 
-    def _evict(self) -> None:
-        """Drop least recently used chunks beyond the host limit (a restore then stops at
-        the first missing link and the rest is recomputed: slower, never wrong)."""
-        while self.host_limit is not None and self._stats.host_bytes > self.host_limit and self.pool:
+    def _alloc(self, nbytes: int):
+        """A pool range, evicting least recently used chunks until one fits (a restore then
+        stops at the first missing link and the rest is recomputed: slower, never wrong).
+        Reusing a range is safe while copies are in flight: every copy that reads or
+        writes the pool runs on the one side stream, in order."""
+        while (slot := self.host.alloc(nbytes)) is None and self.pool:
             _, chunk = self.pool.popitem(last=False)
+            self.host.release(*chunk.slot, chunk.nbytes)
             self._stats.host_bytes -= chunk.nbytes
             self.segments = {k: c for k, c in self.segments.items() if c is not chunk}
+        return slot
+
+    def synchronize(self) -> None:
+        """Wait for every queued copy (before reading the pool from the host)."""
+        self.copies.synchronize()
 
     def stats(self) -> KVStats:
         self._stats.chunks = len(self.pool)
+        self._stats.host_reserved_bytes, self._stats.host_slabs = self.host.reserved, self.host.allocations
         return KVStats(**self._stats.__dict__)
 
     # --- splice (approximate) -------------------------------------------------------------
@@ -197,7 +402,8 @@ class KVCacheManager:
             chunk = self.segments.get(key)
             if chunk is None:
                 break
-            pieces.append([(rotate_keys(self.model, k, at - chunk.start), v) for k, v in chunk.layers])
+            moved = [chunk.layer(i) for i in range(len(chunk.host))]
+            pieces.append([(rotate_keys(self.model, k.to(self.device), at - chunk.start), v.to(self.device)) for k, v in moved])
             at = end
         if not pieces:
             return [], 0
