@@ -114,17 +114,22 @@ def test_splice_mode_reuses_segments_and_reports_its_drift(model):
     assert drift["max_logit_diff"] > 0 and drift["kl"] >= 0 and 0 <= drift["greedy_agreement"] <= 1
 
 
-def test_bench_kv_runs(tmp_path, monkeypatch):
+def test_bench_kv_runs(tmp_path):
     import argparse
     import json
 
     from paged_context.bench import kv
 
-    shape = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-    monkeypatch.setattr(kv, "SMOLLM2_SHAPE", shape)
     parser = argparse.ArgumentParser()
     kv.add_arguments(parser)
-    result = kv.main(parser.parse_args(["--pages", "32", "64", "--repeats", "1", "--out", str(tmp_path)]))
+    result = kv.main(parser.parse_args(["--shape", "tiny", "--pages", "32", "2048", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]))
     data = json.loads((tmp_path / "kv.json").read_text())
-    assert [r["tokens"] for r in data["pages"]] == [32, 64] == [r["tokens"] for r in result["pages"]]
-    assert all(r["kv_bytes"] > 0 and r["restore_ms"] > 0 and r["recompute_ms"] > 0 for r in data["pages"])
+    assert (tmp_path / "kv.png").stat().st_size > 0
+    assert [r["tokens"] for r in data["pages"]] == [32, 2048] == [r["tokens"] for r in result["pages"]]
+    assert data["device"] == "cpu" and data["layers"] == 2 and data["kv_bytes_per_token"] == 2 * 2 * 1 * 16 * 4
+    for r in data["pages"]:
+        assert r["kv_bytes"] == r["tokens"] * data["kv_bytes_per_token"] and r["moved_bytes"] == r["kv_bytes"] + kv.PREFIX * data["kv_bytes_per_token"]
+        assert r["restore_ms"] > 0 and r["recompute_ms"] > 0 and r["turn_resident_ms"] > 0 and r["turn_recalled_ms"] > 0
+        assert "restore_adds_ms" in r and r["pinned_h2d_gb_s"] is None and r["restore_share_of_pinned"] is None  # CUDA only
+    assert data["anchor"]["pinned_h2d_gb_s"] == 55.1
+    assert set(data["acceptance"]) == {"recompute / restore >= 10x at 2048", "restore adds < 10 ms to a turn at 2048"}
