@@ -72,14 +72,21 @@ class HostPool:
         """A (slab, offset, uint8 view) range of `nbytes`, or None when the limit leaves no
         room (the caller evicts a chunk and asks again)."""
         size = -(-nbytes // self.ALIGN) * self.ALIGN
-        for grow in (False, True, True):
-            for s, ranges in enumerate(self.free):
-                for i, (offset, free) in enumerate(ranges):
-                    if free >= size:
-                        ranges[i : i + 1] = [(offset + size, free - size)] if free > size else []
-                        return s, offset, self.slabs[s][offset : offset + nbytes]
-            if grow and not self._grow(size):
+        slot = self._fit(size, nbytes)
+        if slot is None:
+            if not self._grow(size):
                 self._drop_empty_slabs()  # a range larger than any slab: make room for a slab of its size
+                if not self._grow(size):
+                    return None
+            slot = self._fit(size, nbytes)
+        return slot
+
+    def _fit(self, size: int, nbytes: int) -> tuple[int, int, torch.Tensor] | None:
+        for s, ranges in enumerate(self.free):
+            for i, (offset, free) in enumerate(ranges):
+                if free >= size:
+                    ranges[i : i + 1] = [(offset + size, free - size)] if free > size else []
+                    return s, offset, self.slabs[s][offset : offset + nbytes]
         return None
 
     def release(self, slab: int, offset: int, nbytes: int) -> None:

@@ -133,3 +133,53 @@ def test_bench_kv_runs(tmp_path):
         assert "restore_adds_ms" in r and r["pinned_h2d_gb_s"] is None and r["restore_share_of_pinned"] is None  # CUDA only
     assert data["anchor"]["pinned_h2d_gb_s"] == 55.1
     assert set(data["acceptance"]) == {"recompute / restore >= 10x at 2048", "restore adds < 10 ms to a turn at 2048"}
+
+
+def test_host_pool_reuses_ranges_within_its_limit():
+    from paged_context.patches.kv_cache import HostPool
+
+    pool = HostPool(limit_bytes=4096, pin=False, slab_bytes=4096)
+    a, b = pool.alloc(1000), pool.alloc(1000)
+    assert (a[1], b[1]) == (0, 1024) and pool.reserved == 4096 and pool.allocations == 1
+    assert pool.alloc(3000) is None  # 2048 bytes left: the caller must evict
+    pool.release(*a[:2], 1000)
+    pool.release(*b[:2], 1000)  # merged with a's range: the slab is whole again
+    c = pool.alloc(3000)
+    assert c[1] == 0 and c[2].numel() == 3000 and c[2].data_ptr() == a[2].data_ptr() and pool.allocations == 1
+    pool.release(*c[:2], 3000)
+    big = HostPool(limit_bytes=7000, pin=False, slab_bytes=2048)
+    first = big.alloc(100)
+    big.release(*first[:2], 100)
+    assert big.alloc(6000)[2].numel() == 6000 and big.reserved == 6144 and big.allocations == 2  # the empty small slab made room
+
+
+def test_the_pool_is_allocated_once_and_reused_as_chunks_come_and_go(model):
+    manager = KVCacheManager(model, host_limit_bytes=40_000)
+    slabs = []
+    for seed in range(6):
+        ids, ends = prompt(segment(100), segment(seed + 200), segment(seed + 300))
+        out, n, cache = logits_with(model, manager, ids)
+        assert (out - full_logits(model, ids)).abs().max().item() < 1e-4
+        manager.remember(ids, cache, ends)
+        stats = manager.stats()
+        assert stats.host_bytes <= stats.host_reserved_bytes <= 40_000 and not stats.host_pinned
+        slabs.append(stats.host_slabs)
+    assert slabs[-1] == slabs[0] == 1  # evicted chunks' ranges were reused, no new host memory
+    assert all(c.host.is_contiguous() and c.host.shape[:2] == (3, c.end - c.start) for c in manager.pool.values())
+
+
+def test_a_restore_started_early_gives_the_same_logits(model):
+    manager = KVCacheManager(model)
+    ids, ends = prompt(segment(1), segment(2), segment(3))
+    _, _, cache = logits_with(model, manager, ids)
+    manager.remember(ids, cache, ends)
+    manager.live = None
+    turn = ids + segment(4, 5)
+    restore = manager.start_restore(turn)  # copies start now; the model waits per layer when it gets there
+    assert restore.tokens == len(ids) and restore.ready == [None] * 3  # CPU: copies already done
+    with torch.no_grad():
+        out = model(torch.tensor([turn[restore.tokens :]]), past_key_values=restore.cache()).logits[0, -1]
+    assert (out - full_logits(model, turn)).abs().max().item() < 1e-4
+    stored = manager.pool[max(manager.pool, key=lambda k: manager.pool[k].end)]
+    k, v = stored.layer(1)
+    assert torch.equal(k, cache.layers[1].keys[..., 40:60, :]) and torch.equal(v, cache.layers[1].values[..., 40:60, :])
