@@ -2,9 +2,8 @@
 
 A strategy sees all pages of a conversation at once (some keywords only make sense
 against the others) and returns one bookmark per page. Strategies are looked up by name
-in a registry, so strategies that need a model (the paper's `llm-batch` and `hybrid`,
-which call an OpenAI-compatible endpoint) plug in with `register` without the core
-depending on any client library.
+in a registry; those that ask a model (the paper's `llm-batch` and `hybrid`, in
+`llm_keywords`) take a completion function besides `n`.
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ def names() -> list[str]:
 
 def make(name: str, **options) -> KeywordStrategy:
     if name not in _REGISTRY:
-        hint = " (it calls a model: register it with an OpenAI-compatible endpoint first)" if name in LLM_STRATEGIES else ""
-        raise ValueError(f"unknown keyword strategy {name!r}{hint}; available: {', '.join(names())}")
+        raise ValueError(f"unknown keyword strategy {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name](**options)
 
 
@@ -174,3 +172,6 @@ def distinctive_keywords(n: int = 4) -> KeywordStrategy:
         return [Bookmark(p.id, tuple(forms[i][t] for t in chosen[i])) for i, p in enumerate(pages)]
 
     return strategy
+
+
+from . import llm_keywords  # noqa: E402,F401 - registers llm-batch and hybrid

@@ -53,7 +53,8 @@ class PagedLLM:
         else:
             self.engine = self._start_vllm(max_recall_rounds, engine_args)
         store = SQLiteStore(db if db is not None else ":memory:", self.engine.count_tokens)
-        self.sessions = SessionRegistry(store, config, self.engine.count_tokens)
+        complete = lambda prompt, max_tokens: self._run(self.engine.complete(prompt, max_tokens))  # noqa: E731
+        self.sessions = SessionRegistry(store, config, self.engine.count_tokens, complete)
 
     def _start_vllm(self, max_recall_rounds: int, engine_args: dict):
         from transformers import AutoTokenizer
@@ -75,14 +76,18 @@ class PagedLLM:
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def chat(self, session_id: str, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+    def chat(
+        self, session_id: str, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None, paging: dict | None = None,
+    ):
         """Answer the last user message of `messages` in session `session_id`; returns a
-        `Reply` (`text`, `paging`, `usage`). Raises ValueError for malformed messages."""
+        `Reply` (`text`, `paging`, `usage`). `paging`: options for a new session, as the
+        server's `paged_context.paging`. Raises ValueError for malformed messages."""
         from .serve.engines import Sampling
         from .serve.sessions import split_messages
 
         exchange = split_messages(messages)
-        session = self.sessions.get(session_id, None)
+        session = self.sessions.get(session_id, None, options=paging)
         request = self.sessions.request_for(session, exchange, self.engine.syntax)
         return self._run(self.engine.answer(session, request, Sampling(max_tokens, temperature, top_p, seed)))
 

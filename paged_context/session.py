@@ -23,12 +23,14 @@ the parts that change every request (bookmarks, prefetch) sit just before the re
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from . import keywords
 from .bookmarks import Bookmark
 from .calls import CallSyntax
-from .pages import Page, Turn, segment
+from .pages import Page, Turn, boundary, segment
 from .policies import Policy, ResidentSet, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall
 from .store import PageStore
@@ -54,6 +56,36 @@ class PagingConfig:
         if not 1 <= self.resident_low <= self.resident_high:
             raise ValueError(f"need 1 <= resident_low ({self.resident_low}) <= resident_high ({self.resident_high})")
 
+    def with_options(self, options: dict) -> "PagingConfig":
+        """This config with a client's overrides (names as the fields), each checked: a
+        ValueError says what is wrong."""
+        if not isinstance(options, dict):
+            raise ValueError("paging options must be an object")
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown paging option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        for name, value in options.items():
+            if fields[name] == "int":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+                    raise ValueError(f"paging option {name} must be an integer between 0 and 1000, got {value!r}")
+            elif not isinstance(value, str):
+                raise ValueError(f"paging option {name} must be a string, got {value!r}")
+        config = dataclasses.replace(self, **options)
+        boundary(config.boundary)
+        if config.keywords not in keywords.names():
+            raise ValueError(f"unknown keyword strategy {config.keywords!r}; available: {', '.join(keywords.names())}")
+        make_policy(config.policy)
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PagingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})  # options a later version dropped
+
 
 @dataclass(frozen=True)
 class Message:
@@ -69,6 +101,7 @@ class Request:
     text: str
     prefetched: tuple[int, ...]
     evicted_now: tuple[int, ...]  # pages this request's planning evicted
+    instructions: str = ""  # the client's system messages for this request
     recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
 
     @property
@@ -76,14 +109,18 @@ class Request:
         return tuple(p for _, _, ids in self.recalls for p in ids)
 
 
-def instructions(tool_syntax: str | None) -> str:
-    """The system prompt. `tool_syntax` describes how to call recall when the chat template
+def instructions(tool_syntax: str | None, client: str = "", paged: bool = True) -> str:
+    """The system prompt: the paging instructions (once the conversation has pages), then
+    the client's own. `tool_syntax` describes how to call recall when the chat template
     has no native tools (None when it has)."""
+    if not paged:
+        return client or "You are a helpful assistant."
     text = (
         "You are a helpful assistant. Older parts of this conversation were moved out of view into "
         "numbered pages, each listed as a bookmark [pN:keywords]. " + RECALL_INSTRUCTION
     )
-    return text + (f" To recall pages, reply with only: {tool_syntax}" if tool_syntax else "")
+    text += f" To recall pages, reply with only: {tool_syntax}" if tool_syntax else ""
+    return text + (f"\n\n{client}" if client else "")
 
 
 class PagedSession:
@@ -95,8 +132,16 @@ class PagedSession:
         count_tokens: TokenCounter = approx_tokens,
         policy: Policy | None = None,
         owner: str | None = None,
+        complete: Callable[[str, int], str] | None = None,
     ):
+        """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it."""
         self.id = session_id
+        self.complete = complete
+        self.owner = owner
+        if store is not None:
+            store.create_session(session_id, owner, config.to_json())
+            saved = store.session(session_id).config
+            config = PagingConfig.from_json(saved) if saved else config  # a session keeps the options it began with
         self.config = config
         self.store = store
         self.count_tokens = count_tokens
@@ -112,7 +157,6 @@ class PagedSession:
         self.pinned: set[int] = set()  # always in view, whatever the policy says
         self.policy.attach([])
         if store is not None:
-            store.create_session(session_id, owner)
             self.turns = store.turns(session_id)
             self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
             self._close_pages()  # replay: the pages follow from the turns again
@@ -143,9 +187,11 @@ class PagedSession:
         for page in new:
             self.pages[page.id] = page
         self.policy.attach(list(self.pages.values()))
-        marks = keywords.bookmarks(list(self.pages.values()), self.config.keywords, n=self.config.keyword_count)
-        for mark in marks:
-            self.bookmarks.setdefault(mark.page_id, mark)  # frozen once made: the prompt stays stable
+        if any(page.id not in self.bookmarks for page in new):  # a session reopened from its store has them all
+            model = {"complete": self.complete} if self.config.keywords in keywords.LLM_STRATEGIES else {}
+            marks = keywords.bookmarks(list(self.pages.values()), self.config.keywords, n=self.config.keyword_count, **model)
+            for mark in marks:
+                self.bookmarks.setdefault(mark.page_id, mark)  # frozen once made: the prompt stays stable
         if self.store is not None:
             self.store.save_pages(self.id, new)
             self.store.save_bookmarks(self.id, [self.bookmarks[p.id] for p in new], self.config.keywords)
@@ -172,9 +218,9 @@ class PagedSession:
         if self.store is not None:
             self.store.record_references(self.id, self.resident.step, [page_id], "pin" if pinned else "unpin")
 
-    def ask(self, text: str, **fields) -> Request:
+    def ask(self, text: str, instructions: str = "", **fields) -> Request:
         """Take a new user turn (stored first), page what has become old, and let the
-        controller prefetch for it."""
+        controller prefetch for it. `instructions`: the client's system prompt."""
         self.add_turn("user", text, **fields)
         evicted_now = tuple(self._close_pages())
         self.policy.on_request(text)
@@ -183,7 +229,7 @@ class PagedSession:
             prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
         if self.store is not None and prefetched:
             self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
-        return Request(text, prefetched, evicted_now)
+        return Request(text, prefetched, evicted_now, instructions)
 
     def recall(self, request: Request, call: str, arguments: str | dict) -> str:
         """Serve a recall call: the pages as a tool result, or an error the model can read.
@@ -265,7 +311,7 @@ class PagedSession:
 
     def render(self, request: Request, tool_syntax: str | None = None) -> list[Message]:
         """The prompt for `request`, the last turn asked."""
-        messages = [Message("system", instructions(tool_syntax), "system")]
+        messages = [Message("system", instructions(tool_syntax, request.instructions, bool(self.pages)), "system")]
         for page_id in sorted(set(self.resident.keys) | self.pinned):
             messages += [Message(t.role, t.text, f"page:{page_id}") for t in self.pages[page_id].turns]
         messages += [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns[self.paged_until : -1]]

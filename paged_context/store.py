@@ -29,6 +29,7 @@ class SessionInfo:
     owner: str | None
     created: float
     turns: int
+    config: str | None = None  # the session's paging options (JSON), fixed when it was created
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class StoreError(ValueError):
 
 class PageStore(ABC):
     @abstractmethod
-    def create_session(self, session_id: str, owner: str | None = None) -> None:
-        """Create the session if it does not exist (an existing one keeps its owner)."""
+    def create_session(self, session_id: str, owner: str | None = None, config: str | None = None) -> None:
+        """Create the session if it does not exist (an existing one keeps its owner and config)."""
 
     @abstractmethod
     def session(self, session_id: str) -> SessionInfo | None: ...
@@ -97,7 +98,7 @@ class PageStore(ABC):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL);
+    id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT);
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
@@ -133,6 +134,9 @@ class SQLiteStore(PageStore):
         self._db.execute("PRAGMA busy_timeout=10000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+            if "config" not in columns:  # a store written before sessions had their own options
+                self._db.execute("ALTER TABLE sessions ADD COLUMN config TEXT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -155,9 +159,11 @@ class SQLiteStore(PageStore):
         if not db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
             raise StoreError(f"no session {session_id!r}")
 
-    def create_session(self, session_id, owner=None):
+    def create_session(self, session_id, owner=None, config=None):
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO sessions (id, owner, created) VALUES (?, ?, ?)", (session_id, owner, time.time()))
+            db.execute(
+                "INSERT OR IGNORE INTO sessions (id, owner, created, config) VALUES (?, ?, ?, ?)", (session_id, owner, time.time(), config)
+            )
 
     def session(self, session_id):
         found = self.sessions(session_id=session_id)
@@ -165,7 +171,7 @@ class SQLiteStore(PageStore):
 
     def sessions(self, owner=None, session_id=None):
         sql = (
-            "SELECT s.id, s.owner, s.created, (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) "
+            "SELECT s.id, s.owner, s.created, (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id), s.config "
             "FROM sessions s WHERE (? IS NULL OR s.owner = ?) AND (? IS NULL OR s.id = ?) ORDER BY s.created, s.id"
         )
         return [SessionInfo(*row) for row in self._read(sql, (owner, owner, session_id, session_id))]

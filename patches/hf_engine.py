@@ -96,6 +96,13 @@ class HFEngine:
                 boundaries.append(bisect.bisect_left(starts, len(prefix)))
         return enc["input_ids"], sorted(set(b for b in boundaries if 0 < b < len(enc["input_ids"])))
 
+    def complete(self, prompt: str, max_new_tokens: int) -> str:
+        """A plain greedy answer to one user message (no paging): for keyword strategies."""
+        ids = self.tokenizer(self._chat([Message("user", prompt, "task")], True), add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = self.model.generate(ids.to(self.device), max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=self.repetition_penalty)
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
     # --- one request ------------------------------------------------------------------
 
     def reply(self, session: PagedSession, text: str, **options) -> Reply:

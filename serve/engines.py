@@ -19,7 +19,7 @@ from typing import Callable
 
 from paged_context.calls import visible_end
 from paged_context.patches.hf_engine import Reply, call_syntax, render_chat
-from paged_context.session import PagedSession, Request
+from paged_context.session import Message, PagedSession, Request
 
 from .sessions import BadRequest
 
@@ -47,6 +47,17 @@ class VLLMEngine:
 
     def encode(self, messages) -> list[int]:
         return self.tokenizer(render_chat(self.tokenizer, self.syntax, messages), add_special_tokens=False).input_ids
+
+    async def complete(self, prompt: str, max_tokens: int) -> str:
+        """A plain greedy answer to one user message (no paging): for keyword strategies."""
+        from vllm import SamplingParams
+
+        ids = self.encode([Message("user", prompt, "task")])
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, repetition_penalty=1.1)
+        text = ""
+        async for out in self.client().generate({"prompt_token_ids": ids}, params, request_id=f"paged-task-{uuid.uuid4().hex}"):
+            text = out.outputs[0].text
+        return text
 
     async def answer(self, session: PagedSession, request: Request, sampling: Sampling, on_text: Callable[[str], None] | None = None) -> Reply:
         from vllm import SamplingParams
@@ -80,8 +91,9 @@ class VLLMEngine:
                 extra_args=extra,
             )
             text, sent, cached, generated = "", 0, 0, 0
-            # a per-session salt: no prefix-cache sharing (or timing side channel) across sessions
-            prompt = {"prompt_token_ids": ids, "cache_salt": hashlib.sha256(session.id.encode()).hexdigest()[:16]}
+            # salted per API key: sessions of one tenant share cached prefixes (the same
+            # document, the same system prompt), and no timing side channel crosses tenants
+            prompt = {"prompt_token_ids": ids, "cache_salt": hashlib.sha256(repr(session.owner).encode()).hexdigest()[:16]}
             async for out in self.client().generate(prompt, params, request_id=f"paged-{uuid.uuid4().hex}"):
                 text, cached = out.outputs[0].text, out.num_cached_tokens or 0
                 generated = len(out.outputs[0].token_ids)
@@ -109,6 +121,22 @@ class VLLMEngine:
         return Reply(answer, session.report(request, usage["prompt_tokens"], history_tokens), usage, messages, exposed)
 
 
+class LoopBridge:
+    """The engine's async `complete` for synchronous callers in worker threads: keyword
+    strategies that ask the model run while a request is planned, off the event loop
+    that serves the model."""
+
+    def __init__(self, engine):
+        self.engine, self.loop = engine, None
+
+    def bind(self) -> None:
+        """Run completions on the event loop running now."""
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, prompt: str, max_tokens: int) -> str:
+        return asyncio.run_coroutine_threadsafe(self.engine.complete(prompt, max_tokens), self.loop).result()
+
+
 class HFEngineAdapter:
     """The transformers engine behind the same interface; generation runs in a thread so
     the server keeps serving other requests."""
@@ -122,6 +150,10 @@ class HFEngineAdapter:
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
+
+    async def complete(self, prompt: str, max_tokens: int) -> str:
+        async with self.lock:
+            return await asyncio.to_thread(self.engine.complete, prompt, max_tokens)
 
     async def answer(self, session: PagedSession, request: Request, sampling: Sampling, on_text: Callable[[str], None] | None = None) -> Reply:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ is served (pulled once).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -79,9 +80,12 @@ def paging_state(args, engine, tokenizer_count):
         boundary=f"tokens_{args.page_tokens}", resident_low=args.resident[0], resident_high=args.resident[1],
         policy=args.policy, prefetch_budget=args.prefetch_budget,
     )
+    from .engines import LoopBridge
+
     args.db.parent.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(args.db, tokenizer_count)
-    return PagingState(engine, SessionRegistry(store, config, tokenizer_count), list(args.served_model_name), args.paging_api_keys, args.max_request_bytes, args.default_max_tokens, args.default_repetition_penalty)
+    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine))
+    return PagingState(engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes, args.default_max_tokens, args.default_repetition_penalty)
 
 
 def install_routes(app, state) -> None:
@@ -109,7 +113,9 @@ def serve_vllm(args) -> None:
 
         # the engine client is put in app.state after the app is built
         engine = VLLMEngine(lambda: app.state.engine_client, tokenizer, window, args.recall_rounds)
-        install_routes(app, paging_state(args, engine, engine.count_tokens))
+        state = paging_state(args, engine, engine.count_tokens)
+        state.sessions.complete.bind()  # the app is built inside the server's event loop
+        install_routes(app, state)
         return app
 
     entry.build_app = build_paged_app
@@ -126,7 +132,14 @@ def serve_hf(args) -> None:
     from .engines import HFEngineAdapter
 
     engine = HFEngineAdapter(HFEngine(args.model, max_recall_rounds=args.recall_rounds))
-    app = FastAPI(title="paged-context (transformers engine)")
+    state = paging_state(args, engine, engine.count_tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.sessions.complete.bind()
+        yield
+
+    app = FastAPI(title="paged-context (transformers engine)", lifespan=lifespan)
     names = list(args.served_model_name)
 
     @app.get("/health")
@@ -138,7 +151,7 @@ def serve_hf(args) -> None:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "paged-context", "max_model_len": engine.window} for name in names]}
 
     app.mount("/metrics", make_asgi_app())
-    install_routes(app, paging_state(args, engine, engine.count_tokens))
+    install_routes(app, state)
     uvicorn.run(app, host=args.host or "127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -8,6 +8,7 @@ Errors use OpenAI's JSON shape, `{"error": {"message", "type", "code"}}`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, replace
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
+
+from paged_context.keywords import LLM_STRATEGIES
 
 from .engines import Sampling
 from .sessions import BadRequest, Forbidden, SessionRegistry, TooLarge, session_id_for, split_messages
@@ -139,13 +142,18 @@ async def chat_completions(raw: Request):
         options = body.get("paged_context") or {}
         if not isinstance(options, dict) or not isinstance(options.get("expose_recall", False), bool):
             raise BadRequest("paged_context must be an object; paged_context.expose_recall true or false")
+        unknown = sorted(set(options) - {"expose_recall", "paging"})
+        if unknown:
+            raise BadRequest(f"unknown paged_context field(s) {', '.join(unknown)}; known: expose_recall, paging")
         sampling = replace(sampling, expose_recall=options.get("expose_recall", False))
     except BadRequest as e:
         return error(e.status, str(e), "RequestTooLarge" if e.status == 413 else "BadRequestError")
     except PermissionError:
         return unauthorized()
     try:
-        session = state.sessions.get(session_id, owner)
+        session = state.sessions.get(session_id, owner, options=options.get("paging"))
+    except BadRequest as e:
+        return error(400, str(e))
     except Forbidden:
         return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
     name = model or state.model_names[0]
@@ -160,7 +168,7 @@ async def chat_completions(raw: Request):
 
 async def _answer(state: PagingState, session, exchange, sampling, on_text=None):
     async with state.sessions.lock(session.id):
-        request = state.sessions.request_for(session, exchange, state.engine.syntax)  # stored before anything can fail
+        request = await _plan(state, session, exchange)  # stored before anything can fail
         started = time.perf_counter()
         reply = await state.engine.answer(session, request, sampling, on_text)
         if reply.call is not None:
@@ -168,6 +176,14 @@ async def _answer(state: PagingState, session, exchange, sampling, on_text=None)
         TURN_SECONDS.observe(time.perf_counter() - started)
         _count(reply)
         return reply
+
+
+async def _plan(state: PagingState, session, exchange):
+    """Store what is new and plan the request. Keyword strategies that ask the model wait
+    for its answer, so their sessions plan in a worker thread, off the loop serving it."""
+    if session.config.keywords in LLM_STRATEGIES:
+        return await asyncio.to_thread(state.sessions.request_for, session, exchange, state.engine.syntax)
+    return state.sessions.request_for(session, exchange, state.engine.syntax)
 
 
 def _count(reply) -> None:
@@ -258,6 +274,7 @@ def _session_view(session) -> dict:
     return {
         "id": session.id,
         "turns": len(session.turns),
+        "paging": dataclasses.asdict(session.config),
         "pages": [
             {
                 "id": page_id,

@@ -153,8 +153,9 @@ class SessionRegistry:
     """Open sessions over one durable store, one lock per session so concurrent requests
     to a session take turns (different sessions run in parallel)."""
 
-    def __init__(self, store: SQLiteStore, config: PagingConfig, count_tokens):
-        self.store, self.config, self.count_tokens = store, config, count_tokens
+    def __init__(self, store: SQLiteStore, config: PagingConfig, count_tokens, complete=None):
+        """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it."""
+        self.store, self.config, self.count_tokens, self.complete = store, config, count_tokens, complete
         self.open: dict[str, PagedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.pending: dict[str, Request] = {}  # requests whose recall call went to the client
@@ -162,15 +163,25 @@ class SessionRegistry:
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
 
-    def get(self, session_id: str, owner: str | None, create: bool = True) -> PagedSession:
+    def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
+        """The session, opened or created. `options`: paging options for a new session
+        (overrides of the server's); a session keeps those it was created with, so other
+        options for an existing one are an error."""
+        try:
+            config = self.config.with_options(options) if options is not None else None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
         info = self.store.session(session_id)
         if info is not None and info.owner != owner:
             raise Forbidden(session_id)
         if info is None and not create:
             raise Forbidden(session_id)
         if session_id not in self.open:
-            self.open[session_id] = PagedSession(session_id, self.config, self.store, self.count_tokens, owner=owner)
-        return self.open[session_id]
+            self.open[session_id] = PagedSession(session_id, config or self.config, self.store, self.count_tokens, owner=owner, complete=self.complete)
+        session = self.open[session_id]
+        if config is not None and config != session.config:
+            raise BadRequest(f"session {session_id!r} was created with other paging options ({session.config.to_json()}); use a new session for new options")
+        return session
 
     def request_for(self, session: PagedSession, exchange: Exchange, syntax: CallSyntax) -> Request:
         """Store what is new in `exchange` and return the request to answer: the one left
@@ -183,7 +194,7 @@ class SessionRegistry:
         else:
             for role, text in new_turns(session, exchange.turns):
                 session.add_turn(role, text)
-            request = session.ask(exchange.question)
+            request = session.ask(exchange.question, "\n\n".join(exchange.instructions))
         for arguments in exchange.calls:
             session.recall(request, syntax.wrap(arguments), arguments)
         return request

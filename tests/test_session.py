@@ -106,3 +106,33 @@ def test_a_pinned_page_stays_in_view_and_the_pin_survives_a_restart(tmp_path):
         again.pin(1, False)
     with SQLiteStore(tmp_path / "pages.db") as store:
         assert PagedSession("s", config, store).pinned == set()
+
+
+def test_client_options_are_checked_and_kept_by_the_session(tmp_path):
+    config = SMALL.with_options({"policy": "fifo", "keywords": "tfidf", "resident_high": 5})
+    assert (config.policy, config.keywords, config.resident_high, config.boundary) == ("fifo", "tfidf", 5, "fixed_4")
+    for bad, message in [
+        ({"pages": 3}, "unknown paging option"), ({"resident_high": "5"}, "integer"), ({"policy": 3}, "string"),
+        ({"policy": "oracle"}, "unknown policy"), ({"boundary": "fixed_0"}, "at least 1"),
+        ({"resident_low": 9}, "resident_low"), ([], "object"), ({"keywords": "clever"}, "keyword strategy"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SMALL.with_options(bad)
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        session = PagedSession("s", config, store)
+        converse(session, 3)
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        again = PagedSession("s", SMALL, store)  # reopened under another default: the session keeps its own
+        assert again.config == config and again.policy.__class__.__name__.lower().startswith("fifo")
+
+
+def test_client_instructions_follow_the_paging_instructions():
+    session = PagedSession("s", SMALL)
+    request = session.ask("hello", "Answer in French.")
+    first = session.render(request, "recall(...)")[0]
+    assert first.content == "Answer in French."  # nothing paged yet: no paging instructions
+    session.finish(request, "bonjour")
+    request = converse(session, 6)
+    request = session.ask("and now?", "Answer in French.")
+    system = session.render(request, "recall(...)")[0].content
+    assert "bookmark" in system and system.endswith("\n\nAnswer in French.")
