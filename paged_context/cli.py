@@ -25,6 +25,11 @@ BENCHMARKS = {
         "a scripted conversation growing to ~20k tokens against the paging server and the same vLLM engine "
         "without paging: prompt tokens, cached tokens and time to first token per turn",
     ),
+    "locomo": (
+        "paged_context.bench.locomo",
+        "end-to-end LoCoMo question answering through any OpenAI-compatible endpoint (or in-process): truncation, "
+        "bm25, word overlap, search tool, full context, bookmark+recall and the controller; official F1 by category",
+    ),
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .pages import Turn
@@ -25,6 +25,7 @@ class Probe:
     answer: str
     evidence: tuple[int, ...]  # indices of the turns that hold the answer
     category: str  # LoCoMo category number as text, or the synthetic fact type
+    number: int = -1  # position among the sample's questions (LoCoMo), a stable id
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Conversation:
     id: str
     turns: tuple[Turn, ...]
     probes: tuple[Probe, ...]
+    dates: dict[int, str] = field(default_factory=dict, compare=False)  # session number -> when it took place
 
 
 def default_locomo_path() -> Path | None:
@@ -87,11 +89,12 @@ def _conversation(sample: dict, position: int) -> Conversation:
             )
     by_dia = {t.dia_id: t.index for t in turns}
     probes = []
-    for qa in sample.get("qa", []):
+    for number, qa in enumerate(sample.get("qa", [])):
         ids = _DIA_ID.findall(" ".join(str(e) for e in qa.get("evidence", [])))
         evidence = tuple(sorted({by_dia[f"D{s}:{n}"] for s, n in ids if f"D{s}:{n}" in by_dia}))
         if not evidence:
             continue
         answer = qa.get("answer", qa.get("adversarial_answer", ""))
-        probes.append(Probe(len(turns), qa["question"], str(answer), evidence, str(qa.get("category", ""))))
-    return Conversation(str(sample.get("sample_id", f"conv-{position}")), tuple(turns), tuple(probes))
+        probes.append(Probe(len(turns), qa["question"], str(answer), evidence, str(qa.get("category", "")), number))
+    dates = {number: str(conv[f"{key}_date_time"]) for number, key in sessions if conv.get(f"{key}_date_time")}
+    return Conversation(str(sample.get("sample_id", f"conv-{position}")), tuple(turns), tuple(probes), dates)

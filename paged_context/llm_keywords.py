@@ -17,6 +17,7 @@ text, so sessions holding the same conversation ask once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter, OrderedDict
 from typing import Callable, Sequence
@@ -26,6 +27,7 @@ from .bookmarks import Bookmark, clean_keyword
 from .pages import Page
 
 Complete = Callable[[str, int], str]  # (prompt, max_tokens) -> the model's reply
+log = logging.getLogger(__name__)
 
 GROUP = 32  # pages per call: the digests of a group fit a small model's window
 DIGEST_CHARS = 240
@@ -76,8 +78,9 @@ def ask(complete: Complete, template: str, pages: Sequence[Page], n: int, tokens
             prompt = template.format(n=n, first=group[0].id, pages="\n".join(f"p{p.id}: {digest(p)}" for p in group))
             try:
                 reply = complete(prompt, tokens_per_page * len(group) + 16)
-            except Exception:  # noqa: BLE001 - the model is an aid: any failure falls back to heuristic keywords
-                reply = ""
+            except Exception as error:  # noqa: BLE001 - the model is an aid: any failure falls back to heuristic keywords
+                log.warning("keyword strategy: the model failed (%s: %s); heuristic keywords for pages %d-%d", type(error).__name__, error, group[0].id, group[-1].id)
+                continue  # not cached: the next page that closes asks again
             _cache[key] = parse_reply(reply, [p.id for p in group])
             while len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)

@@ -55,3 +55,30 @@ def test_paged_llm_on_vllm(tiny):
         check(llm, converse(llm))
         with pytest.raises(ValueError, match="last message"):
             llm.chat("s", [{"role": "assistant", "content": "hi"}])
+
+
+def test_bench_locomo_in_process(tiny, tmp_path):
+    """`bench locomo --endpoint inprocess`: PagedLLM answers, baselines and paged methods
+    alike (model-made bookmarks included), and judges its own answers."""
+    import json
+
+    from locomo_sample import write
+
+    from paged_context import llm_keywords
+    from paged_context.bench import locomo
+    from paged_context.cli import parser
+
+    methods = ["truncation", "search_tool", "controller", "bookmark_recall:llm-batch"]
+    argv = [
+        "bench", "locomo", "--endpoint", "inprocess", "--engine", "hf", "--model-path", str(tiny), "--data", write(tmp_path / "locomo.json"),
+        "--methods", *methods, "--limit", "2", "--window", "1024", "--context-tokens", "300", "--max-tokens", "6", "--resident", "1",
+        "--judge", "--out", str(tmp_path / "run"),
+    ]
+    llm_keywords._cache.clear()
+    result = locomo.main(parser().parse_args(argv))
+    assert llm_keywords._cache  # the model was asked for keywords (failures are not cached)
+    assert list(result["methods"]) == methods
+    assert all(s["n"] == 2 and s["errors"] == 0 for s in result["methods"].values())
+    records = [json.loads(line) for line in (tmp_path / "run" / "locomo.jsonl").read_text().splitlines()[1:]]
+    assert sum(r["type"] == "answer" for r in records) == 8 == sum(r["type"] == "judge" for r in records)
+    assert all(r["prompt_tokens"] > 0 for r in records if r["type"] == "answer")

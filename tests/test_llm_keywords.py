@@ -43,9 +43,13 @@ def test_llm_batch_keeps_unshared_keywords_and_falls_back_per_page():
     assert len(model.prompts) == 1 and "p4: Page 3 talks" in model.prompts[0][0]
 
 
-def test_a_failing_model_leaves_the_heuristic_bookmarks():
-    marks = keywords.bookmarks(pages(3), "llm-batch", n=3, complete=Model(TimeoutError("no answer")))
+def test_a_failing_model_leaves_the_heuristic_bookmarks(caplog):
+    model = Model(TimeoutError("no answer"))
+    marks = keywords.bookmarks(pages(3), "llm-batch", n=3, complete=model)
     assert marks == keywords.bookmarks(pages(3), "heuristic", n=3)
+    assert "TimeoutError: no answer" in caplog.text
+    keywords.bookmarks(pages(3), "llm-batch", n=3, complete=model)
+    assert len(model.prompts) == 2  # a failure is not cached: asked again
 
 
 def test_groups_are_asked_once_and_cached():

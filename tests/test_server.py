@@ -209,11 +209,73 @@ def test_a_stateless_client_resending_history_is_one_session(vllm_server):
         (b'{"messages": [{"role": "user", "content": "hi"}], "user": "../../etc"}', 400, "session id"),
         (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "x", "content": ""}]}', 400, "tool_call_id"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"expose_recall": "yes"}}', 400, "expose_recall"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"pageing": {}}}', 400, "unknown paged_context field"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"paging": {"policy": "oracle"}}}', 400, "unknown policy"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"paging": {"resident_high": -1}}}', 400, "between 0 and 1000"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(vllm_server, body, status, message):
     code, payload = vllm_server.post("/v1/chat/completions", body)
     assert code == status and message in payload["error"]["message"]
+
+
+def test_a_session_keeps_the_paging_options_it_was_created_with(vllm_server):
+    client = vllm_server.client()
+    options = {"policy": "fifo", "boundary": "fixed_4", "resident_low": 1, "resident_high": 1, "prefetch_budget": 0, "keywords": "tfidf"}
+    for i in range(10):
+        chat(client, "optioned", filler(i), extra_body={"paged_context": {"paging": options}})
+    view = vllm_server.get("/paging/sessions/optioned")
+    assert {k: view["paging"][k] for k in options} == options
+    assert len(view["pages"]) >= 3 and sum(p["resident"] for p in view["pages"]) == 1
+    code, payload = vllm_server.post(
+        "/v1/chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "paged_context": {"paging": {**options, "policy": "lru"}}}).encode(),
+        {"X-Session-Id": "optioned"},
+    )
+    assert code == 400 and "other paging options" in payload["error"]["message"]
+
+
+def test_llm_keywords_ask_the_served_model(vllm_server):
+    def finished():
+        text = urllib.request.urlopen(vllm_server.url + "/metrics").read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:request_success_total"))
+
+    before = finished()
+    options = {"keywords": "llm-batch", "boundary": "fixed_2", "resident_low": 1, "resident_high": 1, "prefetch_budget": 0, "policy": "lru"}
+    for i in range(8):
+        chat(vllm_server.client(), "llm-keywords", filler(i), max_tokens=4, extra_body={"paged_context": {"paging": options}})
+    view = vllm_server.get("/paging/sessions/llm-keywords")
+    assert len(view["pages"]) >= 4 and all(p["bookmark"].startswith(f"[p{p['id']}:") and len(p["bookmark"]) > 6 for p in view["pages"])
+    assert finished() - before > 8  # the 8 turns, and keyword requests to the same engine
+
+
+def test_bench_locomo_runs_every_method_against_the_server(vllm_server, tmp_path):
+    from locomo_sample import write
+
+    from paged_context.bench import locomo
+    from paged_context.cli import parser
+
+    out = tmp_path / "run"
+    argv = [
+        "bench", "locomo", "--endpoint", vllm_server.url + "/v1", "--model", "tiny", "--data", write(tmp_path / "locomo.json"),
+        "--limit", "6", "--window", str(WINDOW), "--context-tokens", "400", "--max-tokens", "8", "--resident", "1", "--concurrency", "2",
+        "--out", str(out),
+    ]
+    result = locomo.main(parser().parse_args(argv))
+    assert list(result["methods"]) == list(locomo.METHODS) and result["questions"] == 6
+    for method, summary in result["methods"].items():
+        assert summary["n"] == 6 and summary["errors"] == 0, method
+        assert 0 < summary["prompt_tokens"] < WINDOW and 0 <= summary["f1"] <= 1
+    assert result["methods"]["controller"]["evidence_any"] >= result["methods"]["bookmark_recall"]["evidence_any"]  # prefetch adds, never removes
+    records = [json.loads(line) for line in (out / "locomo.jsonl").read_text().splitlines()]
+    assert len(records) == 1 + 7 * 6 and (out / "locomo_scores.png").stat().st_size and (out / "locomo_tokens.png").stat().st_size
+    assert not vllm_server.get("/paging/sessions")["data"] or all(not s.startswith(("locomo-", "once-")) for s in vllm_server.get("/paging/sessions")["data"])
+    # resumed: no question is asked again; the judge pass adds one verdict per answer
+    again = locomo.main(parser().parse_args(argv + ["--judge"]))
+    records = [json.loads(line) for line in (out / "locomo.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "answer" for r in records) == 7 * 6 and sum(r["type"] == "judge" for r in records) == 7 * 6
+    assert all(r["verdict"] in (0, 1, None) for r in records if r["type"] == "judge")
+    assert again["methods"]["bm25"]["f1"] == result["methods"]["bm25"]["f1"]
 
 
 def stored_turns(db) -> list[tuple[str, str]]:
@@ -269,6 +331,12 @@ def test_api_keys_guard_the_server_and_scope_sessions(tiny, tmp_path):
             chat(server.client("bob-key"), "alice-notes", "what is the secret?")
         status, payload = server.post("/v1/chat/completions", b"x" * 5000, {"Authorization": "Bearer bob-key"})
         assert status == 413 and "over" in payload["error"]["message"]
+        # hybrid keywords on the transformers engine: heuristic ones, plus what the model adds
+        options = {"keywords": "hybrid", "boundary": "fixed_2", "resident_low": 1, "resident_high": 1, "prefetch_budget": 0}
+        for i in range(6):
+            chat(server.client("bob-key"), "bob-hybrid", f"Lisbon trip {i} with Marta", max_tokens=4, extra_body={"paged_context": {"paging": options}})
+        view = server.get("/paging/sessions/bob-hybrid", key="bob-key")
+        assert len(view["pages"]) >= 2 and all("Lisbon" in p["bookmark"] for p in view["pages"])
 
 
 def test_bench_serve_runs_both_servers(tiny, tmp_path):

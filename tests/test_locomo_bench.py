@@ -1,0 +1,118 @@
+"""`bench locomo` without a model: question selection, what each method shows, the
+resumable log and the summary. The run against a real server is in test_server.py."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from locomo_sample import write
+from paged_context.bench import locomo
+from paged_context.conversations import load_locomo
+from paged_context.text import approx_tokens
+
+
+@pytest.fixture
+def conversations(tmp_path):
+    return load_locomo(write(tmp_path / "locomo.json"))
+
+
+def settings(**kw):
+    return locomo.Settings("m", "data", **{"context_tokens": 600, "window": 2000, "max_tokens": 16, "top_k": 1, **kw})
+
+
+def test_questions_by_category_and_stratified_subsets(conversations):
+    every = locomo.questions_of(conversations, [1, 2, 3, 4])
+    assert len(every) == 10 and {q.category for q in every} == {1, 2, 3, 4}
+    assert every[0].id == "conv-a:0" and every[0].gold == "Biscuit" and every[0].evidence == (2,)
+    subset = locomo.stratified(every, 8, seed=0)
+    assert len(subset) == 8 and subset == locomo.stratified(every, 8, seed=0)
+    # categories 1-3 have one question per conversation, category 4 two: 8 of 10 keep one of each stratum
+    assert Counter((q.category, q.conversation) for q in subset) == Counter((q.category, q.conversation) for q in every) - Counter(
+        (q.category, q.conversation) for q in every if q not in subset
+    )
+    assert {(q.category, q.conversation) for q in subset} == {(q.category, q.conversation) for q in every}
+    assert locomo.stratified(every, None, 0) == every
+
+
+def test_turns_carry_speaker_and_session_date(conversations):
+    lines = locomo.lines(conversations[0])
+    assert lines[0].startswith("(10:00 am on 1 May, 2023)\nAlice: ")
+    assert lines[1].startswith("Bob: ") and lines[10].startswith("(10:00 am on 2 May, 2023)\n")
+
+
+def test_truncation_and_full_context_show_the_most_recent_turns_that_fit(conversations):
+    context = locomo.Context(conversations[0], settings())
+    shown = context.baseline("truncation", "Where?")
+    assert max(shown.turns) == 39 and 2 not in shown.turns
+    recent = [context.lines[t] for t in sorted(shown.turns)]
+    assert sum(approx_tokens(t) + 1 for t in recent) <= 600
+    full = context.baseline("full_context", "Where?")
+    assert shown.turns < full.turns and len(full.turns) == 40  # the whole conversation fits a 2,000-token window
+    assert [m["role"] for m in shown.messages] == ["system", "user"] and shown.messages[1]["content"] == "Question: Where?\nShort answer:"
+
+
+@pytest.mark.parametrize("method", ["bm25", "word_overlap"])
+def test_retrieval_brings_the_page_holding_the_answer(conversations, method):
+    context = locomo.Context(conversations[0], settings())
+    shown = context.baseline(method, "What is the name of the dog Alice's sister adopted (a greyhound)?")
+    assert 2 in shown.turns  # D1:3, the greyhound
+    assert "Biscuit" in shown.messages[0]["content"]
+    assert "Biscuit" not in context.baseline("truncation", "x").messages[0]["content"]
+
+
+def test_search_tool_prompt_and_search(conversations):
+    context = locomo.Context(conversations[0], settings())
+    shown = context.baseline("search_tool", "Where was the marathon?")
+    assert 'search("' in shown.messages[0]["content"] and "Lisbon" not in shown.messages[0]["content"]
+    found = context.search("Lisbon marathon", shown.turns)
+    assert any("Lisbon" in p.text for p in found) and len(found) == 1
+    assert locomo.SEARCH_CALL.search('search("Lisbon marathon")').group(1) == "Lisbon marathon"
+
+
+def test_paged_methods_send_the_whole_conversation_with_their_options(conversations):
+    context = locomo.Context(conversations[0], settings())
+    messages = context.history("Where?")
+    assert len(messages) == 42 and messages[0]["role"] == "system" and messages[-1]["content"].startswith("Question: Where?")
+    assert locomo.paging_options("controller", settings())["policy"] == "learned"
+    options = locomo.paging_options("bookmark_recall:tfidf", settings(resident=2))
+    assert options == {"boundary": "fixed_10", "resident_low": 2, "resident_high": 2, "policy": "lru", "prefetch_budget": 0, "keywords": "tfidf"}
+    assert locomo.check_method("bookmark_recall:random") == "bookmark_recall:random"
+    with pytest.raises(SystemExit, match="unknown method"):
+        locomo.check_method("bookmark_recall:nonsense")
+
+
+def test_log_resumes_and_refuses_other_settings(tmp_path):
+    path = tmp_path / "run" / "locomo.jsonl"
+    log = locomo.Log(path, settings())
+    log.add({"type": "answer", "method": "bm25", "id": "conv-a:0"})
+    again = locomo.Log(path, settings())
+    assert again.run == log.run and again.done("answer") == {("bm25", "conv-a:0")}
+    with pytest.raises(SystemExit, match="other settings"):
+        locomo.Log(path, settings(context_tokens=300))
+
+
+def test_summary_by_category_with_counts(conversations):
+    questions = locomo.questions_of(conversations, [1, 4])[:3]  # conv-a: 4, 1, 4
+    base = {"type": "answer", "method": "bm25", "prompt_tokens": 100, "evidence_any": True, "evidence_all": False, "seconds": 1.0, "error": None}
+    records = [
+        {**base, "id": q.id, "category": q.category, "f1": f1, "calls": calls, "fetched_evidence": hit}
+        for q, f1, calls, hit in zip(questions, [1.0, 0.5, 0.0], [0, 1, 1], [None, True, False])
+    ] + [{"type": "judge", "method": "bm25", "id": questions[0].id, "verdict": 1}]
+    summary = locomo.summarize(records, questions, ["bm25", "controller"])
+    assert list(summary) == ["bm25"]
+    s = summary["bm25"]
+    assert s["n"] == 3 and s["f1"] == 0.5 and s["f1_by_category"] == {"1": 0.5, "4": 0.5}
+    assert s["count_by_category"] == {"1": 1, "4": 2} and s["judge"] == 1.0 and s["judged"] == 1
+    assert s["calls_per_question"] == pytest.approx(2 / 3) and s["recall_precision"] == 0.5
+    text = locomo.report(summary, settings(), questions, 1)
+    assert "F1 cat 1 (n=1)" in text and "F1 cat 4 (n=2)" in text
+
+
+def test_readme_block_is_replaced(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- locomo-results:start -->\nold\n<!-- locomo-results:end -->\nrest\n")
+    locomo.update_readme(readme, "| new |")
+    assert readme.read_text() == "intro\n<!-- locomo-results:start -->\n| new |\n<!-- locomo-results:end -->\nrest\n"
+    with pytest.raises(SystemExit):
+        locomo.update_readme(tmp_path / "locomo.json" if (tmp_path / "locomo.json").write_text("{}") else readme, "x")
