@@ -258,7 +258,7 @@ def test_bench_locomo_runs_every_method_against_the_server(vllm_server, tmp_path
     out = tmp_path / "run"
     argv = [
         "bench", "locomo", "--endpoint", vllm_server.url + "/v1", "--model", "tiny", "--data", write(tmp_path / "locomo.json"),
-        "--limit", "6", "--window", str(WINDOW), "--context-tokens", "400", "--max-tokens", "8", "--resident", "1", "--concurrency", "2",
+        "--limit", "6", "--window", str(WINDOW), "--context-tokens", "150", "--max-tokens", "8", "--resident", "1", "--concurrency", "2",
         "--out", str(out),
     ]
     result = locomo.main(parser().parse_args(argv))

@@ -208,10 +208,13 @@ class Context:
                 out[i] = p if len(turns) == len(p.turns) else replace(p, turns=turns, tokens=sum(approx_tokens(t.text) for t in turns))
         return out
 
-    def baseline(self, method: str, question: str) -> Shown:
+    def baseline(self, method: str, question: str, scale: float = 1.0) -> Shown:
+        """A baseline's prompt; `scale` shrinks full_context's budget (in estimated tokens)
+        when the model's tokenizer finds the text longer than estimated."""
         s = self.settings
         if method in ("truncation", "full_context"):
-            budget = s.context_tokens if method == "truncation" else s.window - s.max_tokens - approx_tokens(self.system + question) - 64
+            window = int(scale * (s.window - s.max_tokens - approx_tokens(self.system + question) - 64))
+            budget = s.context_tokens if method == "truncation" else window
             text, seen = self.recent(budget)
             return Shown(self._prompt(self.system + "\n\nThe conversation, its most recent part:\n" + text, question), seen)
         text, seen = self.recent(s.context_tokens // 2)
@@ -279,8 +282,7 @@ def answer(endpoint: Endpoint, context: Context, method: str, q: Question, run: 
             record.update(prefetched=block["prefetched"], recalled=block["recalled"], recall_errors=block["recall_errors"])
             seconds = reply.seconds
         else:
-            shown = context.baseline(method, q.question)
-            reply = endpoint.chat(shown.messages, s.max_tokens)
+            shown, reply = ask_baseline(endpoint, context, method, q.question)
             seen, seconds = shown.turns, reply.seconds
             if method == "search_tool" and (found := SEARCH_CALL.search(reply.text)):
                 calls = 1
@@ -311,6 +313,18 @@ def answer(endpoint: Endpoint, context: Context, method: str, q: Question, run: 
         seconds=round(seconds, 3),
     )
     return record
+
+
+def ask_baseline(endpoint: Endpoint, context: Context, method: str, question: str, shrink: float = 0.7, tries: int = 5):
+    """A baseline's prompt and the endpoint's answer. full_context fills the window by an
+    estimate; when the endpoint finds the prompt too long it is retried 30% shorter."""
+    for attempt in range(tries):
+        shown = context.baseline(method, question, shrink**attempt)
+        try:
+            return shown, endpoint.chat(shown.messages, context.settings.max_tokens)
+        except Exception as error:  # noqa: BLE001 - openai's BadRequestError, or PagedLLM's ValueError
+            if method != "full_context" or "token" not in str(error).lower() or attempt == tries - 1:
+                raise
 
 
 def judge(endpoint: Endpoint, q: Question, record: dict, max_tokens: int = 8) -> dict:
