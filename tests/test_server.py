@@ -266,6 +266,7 @@ def test_bench_locomo_runs_every_method_against_the_server(vllm_server, tmp_path
     for method, summary in result["methods"].items():
         assert summary["n"] == 6 and summary["errors"] == 0, method
         assert 0 < summary["prompt_tokens"] < WINDOW and 0 <= summary["f1"] <= 1
+        assert 0 <= summary["cached_tokens"] < summary["prompt_tokens"]
     assert result["methods"]["controller"]["evidence_any"] >= result["methods"]["bookmark_recall"]["evidence_any"]  # prefetch adds, never removes
     records = [json.loads(line) for line in (out / "locomo.jsonl").read_text().splitlines()]
     assert len(records) == 1 + 7 * 6 and (out / "locomo_scores.png").stat().st_size and (out / "locomo_tokens.png").stat().st_size

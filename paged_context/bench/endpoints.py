@@ -14,6 +14,7 @@ from typing import Protocol
 class Answer:
     text: str
     prompt_tokens: int  # of the request that produced the answer (its last round)
+    cached_tokens: int | None  # of those, served from the prefix cache (None: not reported)
     paging: dict | None  # the server's `paged_context` block; None from a plain endpoint
     seconds: float
 
@@ -62,8 +63,10 @@ class HTTPEndpoint:
         block = (reply.model_extra or {}).get("paged_context")
         if paging is not None and block is None:
             raise NotPaged(f"{self.url} does not page (no paged_context block in its reply): paged methods need `paged-context serve` or --endpoint inprocess")
-        usage = reply.usage.prompt_tokens if reply.usage else 0
-        return Answer(reply.choices[0].message.content or "", usage, block, seconds)
+        usage = reply.usage
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        cached = getattr(details, "cached_tokens", None) if details else None
+        return Answer(reply.choices[0].message.content or "", usage.prompt_tokens if usage else 0, cached, block, seconds)
 
     def pages(self, session):
         view = self.http.get(f"/paging/sessions/{session}")
@@ -94,7 +97,7 @@ class InProcessEndpoint:
             if once:
                 self.forget(session)
         block = {**reply.paging, "rounds": reply.usage["rounds"]}  # as the server's paged_context block has it
-        return Answer(reply.text, reply.usage["prompt_tokens"], block, time.perf_counter() - started)
+        return Answer(reply.text, reply.usage["prompt_tokens"], reply.usage["cached_tokens"], block, time.perf_counter() - started)
 
     def pages(self, session):
         return {p.id: (p.first_turn, p.last_turn) for p in self.llm.sessions.open[session].pages.values()}

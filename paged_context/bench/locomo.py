@@ -297,7 +297,7 @@ def answer(endpoint: Endpoint, context: Context, method: str, q: Question, run: 
                 reply = replace(reply, text=SEARCH_CALL.sub("", reply.text))  # no second search
                 seen, seconds = seen | fetched, seconds + reply.seconds
         prediction = reply.text.strip()
-        record.update(prediction=prediction, prompt_tokens=reply.prompt_tokens, error=None)
+        record.update(prediction=prediction, prompt_tokens=reply.prompt_tokens, cached_tokens=reply.cached_tokens, error=None)
     except NotPaged:
         raise
     except Exception as error:  # noqa: BLE001 - one failed question must not end a long run; it is counted
@@ -430,6 +430,7 @@ def summarize(records: Sequence[dict], questions: Sequence[Question], methods: S
             "judge": statistics.fmean(judged) if judged else None,
             "judged": len(judged),
             "prompt_tokens": statistics.fmean(r["prompt_tokens"] for r in rows),
+            "cached_tokens": statistics.fmean(cached) if (cached := [r["cached_tokens"] for r in rows if r.get("cached_tokens") is not None]) else None,
             "calls_per_question": statistics.fmean(r["calls"] for r in rows),
             "recall_precision": statistics.fmean(bool(r["fetched_evidence"]) for r in called) if called else None,
             "evidence_any": statistics.fmean(r["evidence_any"] for r in rows),
@@ -444,10 +445,11 @@ def summarize(records: Sequence[dict], questions: Sequence[Question], methods: S
 def report(summary: dict, settings: Settings, questions: Sequence[Question], concurrency: int) -> str:
     cats = sorted({str(q.category) for q in questions}, key=int)
     counts = {c: sum(1 for q in questions if str(q.category) == c) for c in cats}
-    headers = ["method", "F1", *[f"F1 cat {c} (n={counts[c]})" for c in cats], "J", "prompt tok", "calls/q", "recall prec", "evidence any/all", "p50/p95 s", "errors"]
+    headers = ["method", "F1", *[f"F1 cat {c} (n={counts[c]})" for c in cats], "J", "prompt tok", "cached tok", "calls/q", "recall prec", "evidence any/all", "p50/p95 s", "errors"]
     rows = [
         [
-            m, s["f1"], *[s["f1_by_category"].get(c) for c in cats], s["judge"], round(s["prompt_tokens"]), s["calls_per_question"],
+            m, s["f1"], *[s["f1_by_category"].get(c) for c in cats], s["judge"], round(s["prompt_tokens"]),
+            None if s["cached_tokens"] is None else round(s["cached_tokens"]), s["calls_per_question"],
             s["recall_precision"], f"{s['evidence_any']:.2f}/{s['evidence_all']:.2f}", f"{s['p50_s']:.1f}/{s['p95_s']:.1f}", s["errors"],
         ]
         for m, s in summary.items()
@@ -473,12 +475,14 @@ def plot(summary: dict, path: Path) -> list[Path]:
     ax.set_ylabel("LoCoMo F1")
     ax.legend(fontsize=8)
     scores = save_figure(fig, path.with_name(path.stem + "_scores.png"))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in methods:
-        ax.scatter(summary[m]["prompt_tokens"], summary[m]["f1"])
-        ax.annotate(m, (summary[m]["prompt_tokens"], summary[m]["f1"]), fontsize=8)
-    ax.set_xlabel("prompt tokens per question (mean)")
-    ax.set_ylabel("LoCoMo F1")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in [(axes[0], "f1", "LoCoMo F1"), (axes[1], "evidence_any", "questions with evidence in the prompt")]:
+        for m in methods:
+            ax.scatter(summary[m]["prompt_tokens"], summary[m][key])
+            ax.annotate(m, (summary[m]["prompt_tokens"], summary[m][key]), fontsize=8)
+        ax.set_xlabel("prompt tokens per question (mean)")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
     return [scores, save_figure(fig, path.with_name(path.stem + "_tokens.png"))]
 
 
