@@ -31,7 +31,7 @@ from . import keywords
 from .bookmarks import Bookmark
 from .calls import CallSyntax
 from .pages import Page, Turn, boundary, segment
-from .policies import Policy, ResidentSet, make_policy
+from .policies import NAMES as POLICY_NAMES, Policy, ResidentSet, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
@@ -75,7 +75,8 @@ class PagingConfig:
         boundary(config.boundary)
         if config.keywords not in keywords.names():
             raise ValueError(f"unknown keyword strategy {config.keywords!r}; available: {', '.join(keywords.names())}")
-        make_policy(config.policy)
+        if config.policy not in POLICY_NAMES:  # by name: validating must not load the controller per request
+            raise ValueError(f"unknown policy {config.policy!r}; available: {', '.join(POLICY_NAMES)}")
         return config
 
     def to_json(self) -> str:

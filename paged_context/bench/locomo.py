@@ -349,11 +349,11 @@ class Log:
             saved = lines_[0].get("settings") if lines_ else None
             if saved != asdict(settings):
                 raise SystemExit(f"{path} holds a run with other settings ({saved}); use another --out to start a new one")
-            self.records = lines_[1:]
+            self.records, self.run = lines_[1:], lines_[0]["run"]
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._write({"type": "settings", "settings": asdict(settings), "run": uuid.uuid4().hex[:8]})
-        self.run = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["run"]
+            self.run = uuid.uuid4().hex[:8]
+            self._write({"type": "settings", "settings": asdict(settings), "run": self.run})
 
     def done(self, kind: str) -> set[tuple[str, str]]:
         return {(r["method"], r["id"]) for r in self.records if r["type"] == kind}
