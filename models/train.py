@@ -3,14 +3,17 @@
 One script does the whole run (`paged-context train-controller`, or the same under
 `accelerate launch`):
 
-1. Roll out policies on training data and record every decision with its oracle label:
-   at an eviction, the resident page Belady would drop (the one used farthest in the
-   future); at a request, the pages the request then used (what prefetch should bring).
-   Round 0 acts half as Belady, half at random; later rounds act as the controller trained
-   so far, so it learns to recover from its own states (DAgger), with some expert moves.
+1. Roll out the controller trained so far on training data and record every decision
+   with its oracle label: at an eviction, the resident pages an optimal offline schedule
+   may drop (Belady's victim and every page as good, see `optimal_evictions`); at a
+   request, the pages the request then used (what prefetch should bring). The untrained
+   network is its skip alone, the change-point A0 rule, so round 0 already acts sensibly;
+   every round acts as the learner and never as the expert, so it learns from its own
+   states (DAgger with no expert moves, which beat mixing in Belady's moves here).
 2. Train on everything recorded so far: a listwise cross-entropy per decision (softmax
-   over the candidates' scores, negated for evictions), groups of decisions weighted so
-   each data source counts the same whatever its size.
+   over the candidates' scores, negated for evictions), plus a regression of the score on
+   minus the log distance to the next use, groups of decisions weighted so each data
+   source counts the same whatever its size.
 
 Training data never overlaps evaluation: Neural Paging traces use seeds from 1000 (the
 benchmark uses 42..51) and synthetic conversations seeds from 10000 (the benchmark uses
@@ -63,7 +66,6 @@ class TrainConfig:
     k: int = 5
     prefetch_budget: int = 3
     rounds: int = 3
-    expert_share: float = 0.25  # share of decisions the expert takes in DAgger rounds
     keep: float = 0.5  # share of trace decisions recorded (conversations: all)
     epochs: int = 10
     batch: int = 512  # decisions per step
@@ -116,20 +118,19 @@ class Decisions:
 
 
 class Recorder(LearnedPolicy):
-    """Acts as the controller (or, without one, half as Belady and half at random) and
-    records every decision with Belady's label."""
+    """Acts as the controller and records every decision with the oracle's label."""
 
-    def __init__(self, controller: Controller | None, source: str, sink: Decisions, rng: random.Random, expert_share: float, keep: float, subgroup: str = ""):
+    def __init__(self, controller: Controller, source: str, sink: Decisions, rng: random.Random, keep: float, subgroup: str = ""):
         self.controller = controller
         self.source, self.sink, self.rng, self.subgroup = source, sink, rng, subgroup
-        self.expert_share = expert_share if controller else 0.5
         self.keep = keep
         self.pending: tuple[np.ndarray, list] | None = None
 
     def start(self, capacity, future=None):
         super().start(capacity, future)
+        self.future = list(future or ())
         self.uses: dict = defaultdict(list)
-        for i, key in enumerate(future or ()):
+        for i, key in enumerate(self.future):
             self.uses[key].append(i)
         self.used_since: set = set()
 
@@ -149,16 +150,10 @@ class Recorder(LearnedPolicy):
     def victim(self, incoming, step):
         keys = list(self.resident)
         x = self.features(keys, step)
-        due = np.array([self._next_use(k, step + 1) for k in keys])
-        expert = np.flatnonzero(due == due.max())
         if self.rng.random() < self.keep:
-            target = np.zeros(len(keys), dtype=np.float32)
-            target[expert] = 1
-            self.sink.add(f"{self.source}/evict{self.subgroup}", x, target, due - step)
-        if self.rng.random() < self.expert_share:
-            return keys[expert[0]]
-        if self.controller is None:
-            return keys[self.rng.randrange(len(keys))]
+            due = np.array([self._next_use(k, step + 1) for k in keys])
+            target = optimal_evictions(keys, due, incoming, step, self.future, self._next_use)
+            self.sink.add(f"{self.source}/evict{self.subgroup}", x, target.astype(np.float32), due - step)
         return keys[int(np.argmin(self.controller.score(x)))]
 
     def on_request(self, text):
@@ -171,7 +166,7 @@ class Recorder(LearnedPolicy):
         candidates = list(candidates)
         self.pending = (self.features(candidates, step), candidates, np.array([self._next_use(c, step) for c in candidates]) - step)
         self.used_since = set()
-        return super().prefetch(candidates, budget, step, -math.inf) if self.controller else []
+        return super().prefetch(candidates, budget, step, -math.inf)
 
     def finish(self) -> None:
         """Label the last prefetch with the pages its request went on to use."""
@@ -183,12 +178,65 @@ class Recorder(LearnedPolicy):
             self.pending = None
 
 
-def collect(cfg: TrainConfig, controller: Controller | None, round_: int, convs: dict[str, list[Conversation]], progress) -> Decisions:
+def optimal_evictions(keys: list, due: np.ndarray, incoming, step: int, future: Sequence, next_use) -> np.ndarray:
+    """Which resident pages an optimal offline schedule may drop now. Belady's victim v (used
+    farthest ahead) is one; for every other page i, Belady is run from both caches (i
+    dropped, v dropped) in lockstep until they hold the same pages: i is optimal too when
+    both paid the same faults by then. One label per page instead of Belady's single
+    victim, so equally good choices are no longer told apart at random in the targets."""
+    v = int(np.argmax(due))
+    optimal = due == math.inf
+    optimal[v] = True
+    if len(future) <= step or future[step] != incoming:
+        return optimal  # not a plain request sequence: Belady's choice alone
+    for i in np.flatnonzero(~optimal):
+        optimal[i] = _extra_faults(keys, due, i, v, incoming, step, future, next_use) == 0
+    return optimal
+
+
+def _extra_faults(keys, due, i, v, incoming, step, future, next_use) -> int:
+    """Belady's faults from the cache without page i minus those from the cache without v.
+    The caches share `common` and differ in one page each: `kept` (i, in the cache that
+    dropped v) and `other` (v, in the cache that dropped i); the difference never grows."""
+    common = {k: float(d) for j, (k, d) in enumerate(zip(keys, due)) if j not in (i, v)}
+    common[incoming] = next_use(incoming, step + 1)
+    kept, other = (keys[i], float(due[i])), (keys[v], float(due[v]))
+    extra = 0
+    for t in range(step + 1, len(future)):
+        key = future[t]
+        if key in common:
+            common[key] = next_use(key, t + 1)
+            continue
+        far = max(common, key=common.get)
+        if key == kept[0] or key == other[0]:
+            # one cache hits, the other faults and drops its farthest page
+            hit, miss = (kept, other) if key == kept[0] else (other, kept)
+            extra += 1 if key == kept[0] else -1
+            if miss[1] >= common[far]:
+                return extra  # it drops its own odd page: the caches are equal now
+            dropped = (far, common.pop(far))
+            common[key] = next_use(key, t + 1)
+            kept, other = (dropped, miss) if key == kept[0] else (miss, dropped)
+            continue
+        # both fault and drop their farthest page
+        kept_out, other_out = kept[1] >= common[far], other[1] >= common[far]
+        if kept_out and other_out:
+            return extra
+        dropped = (far, common.pop(far))
+        common[key] = next_use(key, t + 1)
+        if kept_out:
+            kept = dropped
+        elif other_out:
+            other = dropped
+    return extra
+
+
+def collect(cfg: TrainConfig, controller: Controller, round_: int, convs: dict[str, list[Conversation]], progress) -> Decisions:
     sink = Decisions()
     rng = random.Random(cfg.seed * 7919 + round_)
 
     def recorder(source: str, subgroup: str = "") -> Recorder:
-        return Recorder(controller, source, sink, rng, cfg.expert_share, cfg.keep if source == "traces" else 1.0, subgroup)
+        return Recorder(controller, source, sink, rng, cfg.keep if source == "traces" else 1.0, subgroup)
 
     for seed in range(1000, 1000 + cfg.trace_seeds):
         trace = tr.generate(seed)
@@ -234,7 +282,7 @@ def _flatten(data: Decisions, device):
 
 def listwise_loss(scores, target, seg, n_seg, weight, sign):
     """Cross-entropy between each decision's target and the softmax of its candidates'
-    (signed) scores, weighted per decision."""
+    (signed) scores, summed with a weight per decision."""
     import torch
 
     logits = scores * sign[seg]
@@ -242,7 +290,7 @@ def listwise_loss(scores, target, seg, n_seg, weight, sign):
     z = torch.zeros(n_seg, device=scores.device).index_add(0, seg, torch.exp(logits - peak[seg]))
     logp = logits - peak[seg] - torch.log(z)[seg]
     per_decision = -torch.zeros(n_seg, device=scores.device).index_add(0, seg, target * logp)
-    return (per_decision * weight).sum() / weight.sum()
+    return (per_decision * weight).sum()
 
 
 def train_round(net, optimizer, accelerator, data: Decisions, cfg: TrainConfig, round_: int, progress) -> float:
@@ -260,12 +308,13 @@ def train_round(net, optimizer, accelerator, data: Decisions, cfg: TrainConfig, 
         for ids in mine:
             size = sizes[ids]
             first = torch.cumsum(size, 0) - size
-            rows = (starts[ids].repeat_interleave(size) + torch.arange(int(size.sum())) - first.repeat_interleave(size)).to(x.device)
+            position = torch.arange(int(size.sum())) - first.repeat_interleave(size)  # within its decision
+            rows = (starts[ids].repeat_interleave(size) + position).to(x.device)
             local = torch.repeat_interleave(torch.arange(len(ids)), size).to(x.device)
             with accelerator.autocast():
                 scores = net(x[rows])
             w = weight[ids.to(x.device)]
-            loss = listwise_loss(scores.float(), target[rows], local, len(ids), w, sign[ids.to(x.device)])
+            loss = listwise_loss(scores.float(), target[rows], local, len(ids), w, sign[ids.to(x.device)]) / w.sum()
             if cfg.regression:
                 # the score as minus the log distance to the next use, each row weighted as its decision
                 row_w = w.repeat_interleave(size.to(x.device)) / size.to(x.device).repeat_interleave(size.to(x.device)).float()
@@ -306,7 +355,9 @@ def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False) -> dict:
     if cfg.locomo:
         convs["locomo"] = [c for c in load_locomo(cfg.locomo) if cfg.locomo_ids is None or c.id in cfg.locomo_ids]
     net = ControllerNet(cfg.hidden)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    # the layers learn a correction to the skip's prior: decay pulls them, not the prior, to zero
+    layers = [p for name, p in net.named_parameters() if not name.startswith("skip.")]
+    optimizer = torch.optim.AdamW([{"params": layers}, {"params": net.skip.parameters(), "weight_decay": 0.0}], lr=cfg.lr, weight_decay=1e-4)
     net, optimizer = accelerator.prepare(net, optimizer)
     model = accelerator.unwrap_model(net)
     data, first_round, losses = Decisions(), 0, []
@@ -322,7 +373,7 @@ def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False) -> dict:
     bar = tqdm(total=steps_per_round * (cfg.rounds - first_round), desc="train-controller", disable=not accelerator.is_main_process or None)
     started = time.time()
     for round_ in range(first_round, cfg.rounds):
-        controller = to_controller(model, {}) if round_ > 0 else None
+        controller = to_controller(model, {})
         new = collect(cfg, controller, round_, convs, bar.update)
         data.extend(new)
         if round_ == 0 and not (resume and done):

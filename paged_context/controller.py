@@ -8,6 +8,9 @@ Belady's choice, which needs the future, from features that only need the past:
 
 - history: recency, time since admission, total references, references decayed over four
   half-lives, and the same relative to the other candidates;
+- the probability that the page is the next reference, from a change-point posterior over
+  the reference stream (`paged_context.changepoint`), alone and relative to the other
+  candidates, and the expected length of the current segment;
 - load: how often recent requests were misses, and how often they went to pages unseen
   for a long time (a shift of the working set);
 - the request, when pages have text: BM25 of the request against the page, names and
@@ -26,6 +29,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from .bm25 import BM25
+from .changepoint import RunLengthPosterior
 from .pages import Page
 from .policies import Policy
 from .text import content_terms, normalize, words
@@ -46,6 +50,9 @@ FEATURES = (
     *(f"log_decayed_{int(h)}" for h in HALF_LIVES),
     *(f"relative_decayed_{int(h)}" for h in HALF_LIVES),
     "recency_rank",
+    "log_next_probability",
+    "relative_next_probability",
+    "log_segment_length",
     "novelty_rate_16",
     "novelty_rate_64",
     "miss_rate_32",
@@ -65,7 +72,7 @@ NOVEL_AFTER = 256
 
 
 class Controller:
-    """The scoring network: standardise, two GELU layers, one score per row."""
+    """The scoring network: standardise, two GELU layers plus a linear skip, one score per row."""
 
     def __init__(self, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
         metadata = metadata or {}
@@ -87,10 +94,10 @@ class Controller:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         t = self.t
-        h = (x - t["mean"]) / t["std"]
-        h = _gelu(h @ t["l1.weight"].T + t["l1.bias"])
+        z = (x - t["mean"]) / t["std"]
+        h = _gelu(z @ t["l1.weight"].T + t["l1.bias"])
         h = _gelu(h @ t["l2.weight"].T + t["l2.bias"])
-        return (h @ t["out.weight"].T + t["out.bias"])[:, 0]
+        return (h @ t["out.weight"].T + t["out.bias"] + z @ t["skip.weight"].T)[:, 0]
 
 
     @classmethod
@@ -138,6 +145,7 @@ class History:
         self.rates = np.zeros(3)  # novelty_16, novelty_64, miss_32
         self._rate_decay = np.array([2 ** (-1 / 16), 2 ** (-1 / 64), 2 ** (-1 / 32)])
         self._half = np.array(HALF_LIVES)
+        self.segments = RunLengthPosterior()
 
     def _slot(self, key: Key) -> int:
         if key not in self.slot:
@@ -171,6 +179,7 @@ class History:
         self.run_count[s] += 1
         if admitted:
             self.admitted[s] = step
+        self.segments.observe(s)
 
 
 class LearnedPolicy(Policy):
@@ -273,6 +282,10 @@ class LearnedPolicy(Policy):
             "log_capacity": math.log(self.capacity),
             "resident": np.array([k in self.resident for k in keys]),
         }
+        next_probability = h.segments.predictive(slots)
+        cols["log_next_probability"] = np.log(next_probability)
+        cols["relative_next_probability"] = next_probability / next_probability.max()
+        cols["log_segment_length"] = math.log1p(h.segments.expected_run())
         run_rate = h.run_count[slots] / (step - h.run_start[slots] + 1)
         cols["relative_run_rate"] = run_rate / (run_rate.max() + 1e-9)
         peak = decayed.max(axis=0) + 1e-9

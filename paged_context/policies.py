@@ -18,6 +18,10 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import ClassVar, Hashable, Iterable, Sequence
 
+import numpy as np
+
+from .changepoint import RunLengthPosterior
+
 Key = Hashable
 NEVER = float("inf")
 
@@ -237,6 +241,37 @@ class ARC(Policy):
 # --- the offline optimum ---------------------------------------------------------------
 
 
+# --- a model-based online policy ---------------------------------------------------------
+
+
+class ChangePointA0(Policy):
+    """Evict the resident key least likely to be referenced next (the A0 rule, optimal
+    online when references are independent draws from a fixed mix), with the likelihoods
+    from a change-point posterior so the mix may move. The learned controller's strongest
+    feature, as a policy of its own; ties go to the least recently used."""
+
+    name = "changepoint"
+
+    def start(self, capacity, future=None):
+        self.posterior = RunLengthPosterior()
+        self.slot: dict[Key, int] = {}
+        self.last: dict[Key, int] = {}
+
+    def on_hit(self, key, step):
+        self.posterior.observe(self.slot.setdefault(key, len(self.slot)))
+        self.last[key] = step
+
+    on_admit = on_hit
+
+    def victim(self, incoming, step):
+        keys = list(self.last)
+        p = self.posterior.predictive(np.array([self.slot[k] for k in keys]))
+        return keys[min(range(len(keys)), key=lambda i: (p[i], self.last[keys[i]]))]
+
+    def on_evict(self, key):
+        del self.last[key]
+
+
 def next_uses(trace: Sequence[Key]) -> list[float]:
     """For each step, the step at which the same key is next accessed (inf if never)."""
     out: list[float] = [NEVER] * len(trace)
@@ -280,8 +315,8 @@ class Belady(Policy):
         del self.due[key]
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (FIFO, LRU, LFU, RandomPolicy, ARC, Belady)}
-CLASSICAL_ONLINE = tuple(name for name, p in POLICIES.items() if not p.offline)
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (FIFO, LRU, LFU, RandomPolicy, ARC, ChangePointA0, Belady)}
+CLASSICAL_ONLINE = ("fifo", "lru", "lfu", "random", "arc")
 # The learned controller lives in paged_context.controller (it needs NumPy and a checkpoint).
 NAMES = (*POLICIES, "learned")
 

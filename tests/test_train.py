@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 from paged_context.controller import Controller  # noqa: E402
-from paged_context.models.train import Decisions, TrainConfig, run  # noqa: E402
+from paged_context.models.train import Decisions, TrainConfig, optimal_evictions, run  # noqa: E402
 
 TINY = dict(trace_seeds=1, capacities=(4, 8), synthetic=2, boundaries=("fixed_10",), epochs=1, keep=0.2, batch=64)
 
@@ -47,6 +47,42 @@ def test_recorded_decisions_round_trip(tmp_path):
     assert e.group == d.group
     assert all(np.array_equal(x, y) for x, y in zip(e.target, d.target))
     assert e.target[0].tolist() == [0, 0.5, 0.5]  # a decision's targets sum to one
+
+
+def test_optimal_evictions_match_an_exhaustive_search():
+    """Every page the labels call optimal to drop leads to the fewest faults on the rest of
+    the trace, and every other page to more: checked against search over all schedules."""
+    import functools
+    import math
+    import random
+    from bisect import bisect_left
+
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(60):
+        k = rng.randint(2, 4)
+        trace = [rng.randrange(k + 3) for _ in range(rng.randint(8, 14))]
+
+        def next_use(key, step):
+            uses = [i for i, x in enumerate(trace) if x == key]
+            i = bisect_left(uses, step)
+            return uses[i] if i < len(uses) else math.inf
+
+        @functools.lru_cache(maxsize=None)
+        def fewest_faults(cache: frozenset, t: int) -> int:
+            if t == len(trace):
+                return 0
+            if trace[t] in cache:
+                return fewest_faults(cache, t + 1)
+            return 1 + min(fewest_faults(cache - {y} | {trace[t]}, t + 1) for y in cache)
+
+        for step, incoming in enumerate(trace):
+            keys = rng.sample([b for b in range(k + 3) if b != incoming], k)
+            due = np.array([next_use(b, step + 1) for b in keys], dtype=float)
+            cost = [fewest_faults(frozenset(set(keys) - {b} | {incoming}), step + 1) for b in keys]
+            assert optimal_evictions(keys, due, incoming, step, trace, next_use).tolist() == [c == min(cost) for c in cost]
+            checked += 1
+    assert checked > 400
 
 
 @pytest.mark.slow
