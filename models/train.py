@@ -210,7 +210,7 @@ def _extra_faults(keys, due, i, v, incoming, step, future, next_use) -> int:
         far = max(common, key=common.get)
         if key == kept[0] or key == other[0]:
             # one cache hits, the other faults and drops its farthest page
-            hit, miss = (kept, other) if key == kept[0] else (other, kept)
+            miss = other if key == kept[0] else kept
             extra += 1 if key == kept[0] else -1
             if miss[1] >= common[far]:
                 return extra  # it drops its own odd page: the caches are equal now
