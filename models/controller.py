@@ -10,6 +10,8 @@ from torch import nn
 
 from paged_context.controller import FEATURES
 
+PRIOR = FEATURES.index("log_next_probability")  # the feature the skip starts from
+
 
 class ControllerNet(nn.Module):
     """Standardise the features, two GELU layers plus a linear skip, one utility score per
@@ -31,7 +33,7 @@ class ControllerNet(nn.Module):
         nn.init.zeros_(self.out.bias)
         nn.init.zeros_(self.skip.weight)
         with torch.no_grad():
-            self.skip.weight[0, FEATURES.index("log_next_probability")] = 1.0
+            self.skip.weight[0, PRIOR] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = (x - self.mean) / self.std
@@ -42,7 +44,7 @@ class ControllerNet(nn.Module):
         self.mean.copy_(x.mean(0))
         self.std.copy_(torch.where(x.std(0) > 1e-6, x.std(0), torch.ones_like(self.std)))
         with torch.no_grad():
-            self.skip.weight[0, FEATURES.index("log_next_probability")] = self.std[FEATURES.index("log_next_probability")]
+            self.skip.weight[0, PRIOR] = self.std[PRIOR]
 
 
 def save_checkpoint(net: ControllerNet, path: str | Path, metadata: dict[str, str]) -> Path:

@@ -282,7 +282,7 @@ def _flatten(data: Decisions, device):
 
 def listwise_loss(scores, target, seg, n_seg, weight, sign):
     """Cross-entropy between each decision's target and the softmax of its candidates'
-    (signed) scores, summed with a weight per decision."""
+    (signed) scores, weighted per decision."""
     import torch
 
     logits = scores * sign[seg]
@@ -290,7 +290,7 @@ def listwise_loss(scores, target, seg, n_seg, weight, sign):
     z = torch.zeros(n_seg, device=scores.device).index_add(0, seg, torch.exp(logits - peak[seg]))
     logp = logits - peak[seg] - torch.log(z)[seg]
     per_decision = -torch.zeros(n_seg, device=scores.device).index_add(0, seg, target * logp)
-    return (per_decision * weight).sum()
+    return (per_decision * weight).sum() / weight.sum()
 
 
 def train_round(net, optimizer, accelerator, data: Decisions, cfg: TrainConfig, round_: int, progress) -> float:
@@ -308,13 +308,12 @@ def train_round(net, optimizer, accelerator, data: Decisions, cfg: TrainConfig, 
         for ids in mine:
             size = sizes[ids]
             first = torch.cumsum(size, 0) - size
-            position = torch.arange(int(size.sum())) - first.repeat_interleave(size)  # within its decision
-            rows = (starts[ids].repeat_interleave(size) + position).to(x.device)
+            rows = (starts[ids].repeat_interleave(size) + torch.arange(int(size.sum())) - first.repeat_interleave(size)).to(x.device)
             local = torch.repeat_interleave(torch.arange(len(ids)), size).to(x.device)
             with accelerator.autocast():
                 scores = net(x[rows])
             w = weight[ids.to(x.device)]
-            loss = listwise_loss(scores.float(), target[rows], local, len(ids), w, sign[ids.to(x.device)]) / w.sum()
+            loss = listwise_loss(scores.float(), target[rows], local, len(ids), w, sign[ids.to(x.device)])
             if cfg.regression:
                 # the score as minus the log distance to the next use, each row weighted as its decision
                 row_w = w.repeat_interleave(size.to(x.device)) / size.to(x.device).repeat_interleave(size.to(x.device)).float()

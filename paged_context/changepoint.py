@@ -19,7 +19,9 @@ import numpy as np
 
 
 class RunLengthPosterior:
-    """Next-reference probabilities for integer keys (slots), from the references so far."""
+    """Next-reference probabilities for integer keys (slots), from the references so far.
+    Slots are numbered 0, 1, 2, ... in order of first reference: the highest one seen gives
+    the number of distinct keys, the Dirichlet's support."""
 
     def __init__(self, hazard: float = 1 / 256, concentration: float = 0.1, horizon: int = 1024):
         if not 0 < hazard < 1:
@@ -27,7 +29,7 @@ class RunLengthPosterior:
         self.hazard, self.concentration, self.horizon = hazard, concentration, horizon
         self.weights = np.ones(1)  # weights[r]: P(the current segment holds the last r references)
         self.recent = np.zeros(0, dtype=np.int64)  # the last len(weights) - 1 references, newest first
-        self.keys = 0  # distinct keys seen: the Dirichlet's support
+        self.keys = 0  # distinct keys seen
 
     def _counts(self, slots: np.ndarray) -> np.ndarray:
         """counts[i, r]: references to slots[i] among the newest r."""

@@ -238,9 +238,6 @@ class ARC(Policy):
             self.t1[key] = None
 
 
-# --- the offline optimum ---------------------------------------------------------------
-
-
 # --- a model-based online policy ---------------------------------------------------------
 
 
@@ -270,6 +267,9 @@ class ChangePointA0(Policy):
 
     def on_evict(self, key):
         del self.last[key]
+
+
+# --- the offline optimum ---------------------------------------------------------------
 
 
 def next_uses(trace: Sequence[Key]) -> list[float]:
