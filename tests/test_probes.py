@@ -89,6 +89,24 @@ def test_bench_probes_bad_data_path_is_a_clear_error(tmp_path):
     assert done.returncode == 2 and "not a LoCoMo file" in done.stderr
 
 
+def test_the_grid_does_not_depend_on_the_number_of_processes():
+    from paged_context import synthetic
+    from paged_context.bench.probes import run_grid
+
+    class Count:
+        n = 0
+
+        def update(self, n=1):
+            self.n += n
+
+    convs, bar = synthetic.generate_many(3, 0), Count()
+    args = (convs, ("fixed_5", "session"), ("lru", "random", "learned+prefetch"), 3, "heuristic")
+    one = run_grid(*args, bar, workers=1)
+    assert run_grid(*args, Count(), workers=2) == one
+    assert bar.n == 3 * 2 * 3  # one step per simulation
+    assert 0 < one["fixed_5"]["policies"]["learned+prefetch"]["availability"] <= 100
+
+
 def test_policy_specs():
     assert split_spec("lru") == ("lru", None)
     assert split_spec("arc+bm25") == ("arc", "bm25")

@@ -59,6 +59,14 @@ def test_reproduces_the_paper_at_kb_8():
     assert abs(rate["fifo"] - 0.28) <= 0.015 and abs(rate["random"] - 0.28) <= 0.015
 
 
+def test_the_result_does_not_depend_on_the_number_of_processes():
+    traces = [(s, tr.generate(s, tr.TraceSpec(length=600))) for s in (1, 2)]
+    args = dict(capacities=[3, 6], policies=["lru", "random", "changepoint"], betas=[0.0, 0.1], perturb_capacity=4)
+    one, two = bench.run(traces, **args, workers=1), bench.run(traces, **args, workers=2)
+    assert one == two
+    assert one["perturbation"]["rows"][-1]["delta_faults"] > 0
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "paged_context", *args], capture_output=True, text=True, timeout=600)
 

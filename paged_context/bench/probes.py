@@ -17,6 +17,7 @@ from ..conversations import Conversation, default_locomo_path, load_locomo
 from ..pages import segment
 from ..policies import NAMES, make_policy
 from ..probes import ProbeOutcome, simulate, split_spec
+from ..processes import map_in_order
 from .report import publish, pyplot, save_figure, table
 
 BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")
@@ -68,32 +69,29 @@ def _summary(outcomes: Sequence[ProbeOutcome]) -> dict:
 
 
 def run_grid(
-    convs: Sequence[Conversation], boundaries, specs, k: int, strategy: str, bar, controller=None, budget: int = 3
+    convs: Sequence[Conversation], boundaries, specs, k: int, strategy: str, bar, controller=None, budget: int = 3, workers: int | None = None
 ) -> dict:
-    """Availability for every boundary x policy spec ('lru', 'lru+bm25', 'learned+prefetch')."""
-    grid = {}
+    """Availability for every boundary x policy spec ('lru', 'lru+bm25', 'learned+prefetch');
+    one simulation per conversation and cell, on `workers` processes (default: every core),
+    `bar` advanced once per simulation."""
     make = keywords.make(strategy)
-    for boundary in boundaries:
-        pages = [segment(c.turns, boundary) for c in convs]
-        marks = [make(ps) for ps in pages]
-        cell = {
-            "pages_per_conversation": statistics.fmean(len(p) for p in pages),
-            "turns_per_page": sum(len(c.turns) for c in convs) / sum(len(p) for p in pages),
-            "policies": {},
+    pages = {b: [segment(c.turns, b) for c in convs] for b in boundaries}
+    marks = {b: [make(ps) for ps in pages[b]] for b in boundaries}
+    cells = [(b, spec, seed) for b in boundaries for spec in specs for seed in range(len(convs))]
+    jobs = [(convs[i], b, *split_spec(spec), k, i, marks[b][i], pages[b][i], budget, controller) for b, spec, i in cells]
+    outcomes = dict(zip(cells, map_in_order(_simulate, jobs, workers, bar.update)))
+    grid = {}
+    for b in boundaries:
+        grid[b] = {
+            "pages_per_conversation": statistics.fmean(len(p) for p in pages[b]),
+            "turns_per_page": sum(len(c.turns) for c in convs) / sum(len(p) for p in pages[b]),
+            "policies": {spec: _summary([o for i in range(len(convs)) for o in outcomes[b, spec, i]]) for spec in specs},
         }
-        for spec in specs:
-            policy, prefetch = split_spec(spec)
-            outcomes = [
-                o
-                for seed, (c, ps, bs) in enumerate(zip(convs, pages, marks))
-                for o in simulate(
-                    c, boundary, make_policy(policy, seed, controller), k, seed, bookmarks=bs, pages=ps, prefetch=prefetch, budget=budget
-                )
-            ]
-            cell["policies"][spec] = _summary(outcomes)
-            bar.update()
-        grid[boundary] = cell
     return grid
+
+
+def _simulate(conv, boundary, policy, prefetch, k, seed, bookmarks, pages, budget, controller):
+    return simulate(conv, boundary, make_policy(policy, seed, controller), k, seed, bookmarks=bookmarks, pages=pages, prefetch=prefetch, budget=budget)
 
 
 def run_keywords(convs: Sequence[Conversation], strategies, boundary: str, policy: str, k: int, bar) -> dict:
@@ -256,8 +254,8 @@ def main(args) -> dict:
         raise ValueError("nothing to run: no LoCoMo file and --synthetic 0")
     for spec in [*args.policies, *args.prefetch]:
         split_spec(spec)  # a typo fails before any work
-    work = len(sets) * (len(args.boundaries) * (len(args.policies) + len(args.prefetch)) + len(args.keyword_strategies))
-    with tqdm(total=work, desc="bench probes", unit="run", disable=None) as bar:
+    work = sum(len(c) * len(args.boundaries) * (len(args.policies) + len(args.prefetch)) + len(args.keyword_strategies) for c in sets.values())
+    with tqdm(total=work, desc="bench probes", unit="sim", disable=None) as bar:
         result = {
             "k": args.k,
             "boundaries": list(args.boundaries),
@@ -270,9 +268,9 @@ def main(args) -> dict:
                     "source": str(data) if name == "locomo" else f"synthetic seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1}",
                     "conversations": len(convs),
                     "probes": sum(len(c.probes) for c in convs),
-                    "grid": run_grid(convs, args.boundaries, args.policies, args.k, args.grid_keywords, bar, args.controller),
+                    "grid": run_grid(convs, args.boundaries, args.policies, args.k, args.grid_keywords, bar, args.controller, workers=args.workers),
                     "prefetch": run_grid(
-                        convs, args.boundaries, args.prefetch, args.k, args.grid_keywords, bar, args.controller, args.prefetch_budget
+                        convs, args.boundaries, args.prefetch, args.k, args.grid_keywords, bar, args.controller, args.prefetch_budget, args.workers
                     ),
                     "keywords": run_keywords(convs, args.keyword_strategies, args.keyword_boundary, args.keyword_policy, args.k, bar),
                 }
@@ -288,6 +286,7 @@ def add_arguments(p) -> None:
     p.add_argument("--synthetic", type=int, default=30, metavar="N", help="planted-fact synthetic conversations to generate (default 30; 0 to skip)")
     p.add_argument("--synthetic-seed", type=int, default=0, help="first seed of the synthetic conversations (default 0)")
     p.add_argument("--k", type=int, default=5, help="resident pages (default 5)")
+    p.add_argument("--workers", type=int, help="processes for the simulations (default: every core)")
     p.add_argument("--boundaries", nargs="+", default=list(BOUNDARIES), help="segmentation strategies (default: the paper's five)")
     p.add_argument("--policies", nargs="+", default=list(NAMES), help="eviction policies of the grid (default: all, the learned controller included)")
     p.add_argument(

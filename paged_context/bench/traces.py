@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .. import traces as tr
 from ..policies import CLASSICAL_ONLINE, NAMES, count_faults, make_policy
+from ..processes import map_in_order
 from .report import mean_std, publish, pyplot, save_figure, table
 
 SEEDS = tuple(range(42, 52))
@@ -45,28 +46,27 @@ def run(
     perturb_capacity: int = 8,
     controller=None,
     phase: int | None = None,
+    workers: int | None = None,
 ) -> dict:
     """`traces` pairs a seed (for Random and the perturbation) with a trace. `controller`
     is the learned policy's checkpoint; with the generator's `phase` length, the
-    phase-oracle LFU is run as a reference."""
+    phase-oracle LFU is run as a reference. Simulations run on `workers` processes
+    (default: every core)."""
     policies = tuple(policies) + ("belady",) * ("belady" not in policies) + (tr.PhaseOracleLFU.name,) * bool(phase)
-    sweep = len(traces) * len(policies) * (len(capacities) + 1 + len(betas))
-    bar = tqdm(total=sweep, desc="bench traces", unit="sim", disable=None)
-
-    def faults(trace, capacity, name, seed) -> int:
-        bar.update()
-        policy = tr.PhaseOracleLFU(phase) if name == tr.PhaseOracleLFU.name else make_policy(name, seed, controller)
-        return count_faults(trace, capacity, policy)
-
-    per_seed = {
-        name: {k: [faults(t, k, name, seed) for seed, t in traces] for k in capacities} for name in policies
+    perturbed = {
+        (beta, seed): tr.perturb(t, beta, seed * 1000 + round(beta * 1000), sorted(set(t), key=repr)) for beta in betas for seed, t in traces
     }
+    sims = {(name, k, seed): t for name in policies for k in {*capacities, *([perturb_capacity] if betas else [])} for seed, t in traces}
+    sims |= {(name, ("beta", beta), seed): t for name in policies for (beta, seed), t in perturbed.items()}
+    bar = tqdm(total=len(sims), desc="bench traces", unit="sim", disable=None)
+    jobs = [(t, perturb_capacity if isinstance(k, tuple) else k, name, seed, controller, phase) for (name, k, seed), t in sims.items()]
+    faults = dict(zip(sims, map_in_order(_faults, jobs, workers, bar.update)))
+    bar.close()
     result: dict = {"policies": {}}
     for name in policies:
-        rates = {k: [f / len(t) for f, (_, t) in zip(per_seed[name][k], traces)] for k in capacities}
-        ratios = {
-            k: [f / max(opt, 1) for f, opt in zip(per_seed[name][k], per_seed["belady"][k])] for k in capacities
-        }
+        per_k = {k: [faults[name, k, seed] for seed, _ in traces] for k in capacities}
+        rates = {k: [f / len(t) for f, (_, t) in zip(per_k[k], traces)] for k in capacities}
+        ratios = {k: [f / max(faults["belady", k, seed], 1) for f, (seed, _) in zip(per_k[k], traces)] for k in capacities}
         result["policies"][name] = {
             "fault_rate": {str(k): mean_std(rates[k])[0] for k in capacities},
             "fault_rate_std": {str(k): mean_std(rates[k])[1] for k in capacities},
@@ -74,21 +74,23 @@ def run(
             "competitive_ratio_std": {str(k): mean_std(ratios[k])[1] for k in capacities},
         }
     result["perturbation"] = _perturbation(traces, policies, betas, perturb_capacity, faults)
-    bar.close()
     return result
 
 
+def _faults(trace, capacity, name, seed, controller, phase) -> int:
+    policy = tr.PhaseOracleLFU(phase) if name == tr.PhaseOracleLFU.name else make_policy(name, seed, controller)
+    return count_faults(trace, capacity, policy)
+
+
 def _perturbation(traces, policies, betas, capacity, faults) -> dict:
+    """`faults[name, capacity, seed]` unperturbed, `faults[name, ("beta", beta), seed]` perturbed."""
     length = len(traces[0][1])
-    base = {name: [faults(t, capacity, name, seed) for seed, t in traces] for name in policies}
+    base = {name: [faults[name, capacity, seed] for seed, _ in traces] for name in policies}
     rows = []
     for beta in betas:
         d = math.floor(beta * length)
-        perturbed = [
-            tr.perturb(t, beta, seed * 1000 + round(beta * 1000), sorted(set(t), key=repr)) for seed, t in traces
-        ]
         for name in policies:
-            moved = [faults(p, capacity, name, seed) for (seed, _), p in zip(traces, perturbed)]
+            moved = [faults[name, ("beta", beta), seed] for seed, _ in traces]
             deltas = [abs(m - b) for m, b in zip(moved, base[name])]
             bound = (
                 mean_std(tr.theorem4_bound(capacity, opt, capacity, beta, length) for opt in base["belady"])[0]
@@ -212,7 +214,7 @@ def main(args) -> dict:
         traces = [(seed, tr.generate(seed, spec)) for seed in args.seeds]
         source = f"Neural Paging synthetic protocol, seeds {args.seeds[0]}..{args.seeds[-1]}"
     phase = None if args.trace_file else spec.phase
-    result = run(traces, args.capacities, args.policies, args.betas, args.perturb_capacity, args.controller, phase)
+    result = run(traces, args.capacities, args.policies, args.betas, args.perturb_capacity, args.controller, phase, args.workers)
     result.update(
         source=source,
         n_traces=len(traces),
@@ -231,5 +233,6 @@ def add_arguments(p) -> None:
     p.add_argument("--controller", type=Path, help="controller checkpoint for the learned policy (default: the shipped one)")
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS), help="perturbation strengths beta")
     p.add_argument("--perturb-capacity", type=int, default=8, metavar="K_B", help="cache size of the perturbation sweep (default 8)")
+    p.add_argument("--workers", type=int, help="processes for the simulations (default: every core)")
     p.add_argument("--length", type=int, default=tr.TraceSpec.length, metavar="T", help="synthetic trace length (default 5000)")
     p.add_argument("--out", type=Path, help="write traces.json and traces.png here")
