@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 def cores() -> int:
@@ -17,17 +17,19 @@ def cores() -> int:
 def map_in_order(fn: Callable, jobs: Sequence[tuple], workers: int | None = None, progress: Callable[[], object] | None = None) -> list:
     """[fn(*job) for job in jobs] on up to `workers` processes (default: every core);
     `progress()` is called once per finished job. `fn` must be importable by name."""
+    if not jobs:
+        return []
     workers = min(workers or cores(), len(jobs))
     if workers <= 1:
-        out = []
-        for job in jobs:
-            out.append(fn(*job))
-            progress and progress()
-        return out
+        return _gather(map(fn, *zip(*jobs)), progress)
     # spawn, not fork: callers may hold torch's or OpenMP's threads, which fork does not copy safely
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out = []
-        for result in pool.map(fn, *zip(*jobs)):
-            out.append(result)
-            progress and progress()
-        return out
+        return _gather(pool.map(fn, *zip(*jobs)), progress)
+
+
+def _gather(results: Iterable, progress: Callable[[], object] | None) -> list:
+    out = []
+    for result in results:
+        out.append(result)
+        progress and progress()
+    return out

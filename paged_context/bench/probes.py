@@ -77,7 +77,7 @@ def run_grid(
     make = keywords.make(strategy)
     pages = {b: [segment(c.turns, b) for c in convs] for b in boundaries}
     marks = {b: [make(ps) for ps in pages[b]] for b in boundaries}
-    cells = [(b, spec, seed) for b in boundaries for spec in specs for seed in range(len(convs))]
+    cells = [(b, spec, i) for b in boundaries for spec in specs for i in range(len(convs))]
     jobs = [(convs[i], b, *split_spec(spec), k, i, marks[b][i], pages[b][i], budget, controller) for b, spec, i in cells]
     outcomes = dict(zip(cells, map_in_order(_simulate, jobs, workers, bar.update)))
     grid = {}
