@@ -20,6 +20,7 @@ Belady's choice, which needs the future, from features that only need the past:
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from importlib import resources
@@ -186,6 +187,7 @@ class LearnedPolicy(Policy):
     """The controller behind the `Policy` interface; `attach` gives it page texts."""
 
     name = "learned"
+    _STATE = ("capacity", "history", "resident", "pages", "index", "terms", "query", "entities", "last_request", "_fresh_request", "_scores")
 
     def __init__(self, controller: Controller | None = None):
         self.controller = controller or Controller.load()
@@ -202,6 +204,14 @@ class LearnedPolicy(Policy):
         self.last_request: list[Key] = []
         self._fresh_request = False
         self._scores: tuple[int, dict] | None = None
+
+    def fork(self) -> LearnedPolicy:
+        """A copy of the policy's state that can be stepped without touching this one."""
+        clone = LearnedPolicy(self.controller)
+        # page texts never change once attached; everything start() sets up does
+        clone.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k in self._STATE and k != "pages"}))
+        clone.pages = self.pages
+        return clone
 
     # --- what the simulator or session tells it ------------------------------------------
 

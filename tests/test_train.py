@@ -2,6 +2,7 @@
 `accelerate launch`."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-from paged_context.controller import Controller  # noqa: E402
-from paged_context.models.train import Decisions, TrainConfig, optimal_evictions, run  # noqa: E402
+from paged_context import traces as tr  # noqa: E402
+from paged_context.controller import Controller, LearnedPolicy  # noqa: E402
+from paged_context.models.train import Decisions, Recorder, TrainConfig, optimal_evictions, run  # noqa: E402
+from paged_context.policies import ResidentSet  # noqa: E402
 
-TINY = dict(trace_seeds=1, capacities=(4, 8), synthetic=2, boundaries=("fixed_10",), epochs=1, keep=0.2, batch=64)
+TINY = dict(trace_seeds=1, capacities=(4, 8), synthetic=2, boundaries=("fixed_10",), epochs=1, keep=0.2, rollouts=5, rollout_horizon=16, batch=64)
 
 
 def weights(path):
@@ -23,11 +26,12 @@ def weights(path):
 
 def test_training_is_deterministic_and_resumable(tmp_path):
     cfg = TrainConfig(rounds=2, **TINY)
-    first = run(cfg, tmp_path / "a", tmp_path / "a.safetensors")
-    run(cfg, tmp_path / "b", tmp_path / "b.safetensors")
+    first = run(cfg, tmp_path / "a", tmp_path / "a.safetensors", workers=1)
+    run(cfg, tmp_path / "b", tmp_path / "b.safetensors", workers=2)  # rollouts on two processes: the same data
     a, b = weights(tmp_path / "a.safetensors"), weights(tmp_path / "b.safetensors")
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert first["decisions"]["traces/evict@4"] > 0 and first["decisions"]["synthetic/prefetch"] > 0
+    for group in ("traces/evict@4", "traces/rollout@8", "synthetic/prefetch"):
+        assert first["decisions"][group] > 0, group
     assert len(first["losses"]) == 2 and all(np.isfinite(first["losses"]))
 
     # stop after round 0, then resume: the same weights as the straight run
@@ -49,12 +53,35 @@ def test_recorded_decisions_round_trip(tmp_path):
     assert e.target[0].tolist() == [0, 0.5, 0.5]  # a decision's targets sum to one
 
 
+def test_a_rollout_of_the_controllers_own_choice_pays_what_the_real_run_pays():
+    """rollout_faults forks the policy: stepping the fork leaves the real run alone, and a
+    fork that evicts what the controller evicts sees the same faults the run goes on to pay."""
+    trace, horizon = tr.generate(7), 40
+    checked = []
+
+    class Probe(Recorder):
+        def victim(self, incoming, step):
+            keys = list(self.resident)
+            choice = keys[int(np.argmin(self.controller.score(self.features(keys, step))))]
+            if step > 300 * (len(checked) + 1):  # every so often
+                checked.append((step, self.rollout_faults(choice, incoming, step)))
+            return super().victim(incoming, step)
+
+    policy = Probe(Controller.load(), "traces", Decisions(), random.Random(0), keep=0.0, rollout=(0.0, horizon, 3))
+    cache = ResidentSet(6, policy, future=trace)
+    missed = [cache.access(key) is not True for key in trace]
+    plain = ResidentSet(6, LearnedPolicy(Controller.load()))
+    assert missed == [plain.access(key) is not True for key in trace]
+    assert len(checked) > 10
+    for step, faults in checked:
+        assert faults == sum(missed[step + 1 : step + 1 + horizon]) > 0
+
+
 def test_optimal_evictions_match_an_exhaustive_search():
     """Every page the labels call optimal to drop leads to the fewest faults on the rest of
     the trace, and every other page to more: checked against search over all schedules."""
     import functools
     import math
-    import random
     from bisect import bisect_left
 
     rng = random.Random(0)
