@@ -22,7 +22,7 @@ One script does the whole run (`paged-context train-controller`, or the same und
 
 Imitation labels work for traces too (`keep`), but on them the network drifted from its
 prior to more faults (CR 1.454 at K_b = 8 against the prior's 1.440); rollout labels keep
-it level (1.449; see the README).
+it closer (1.449; see the README).
 
 Training data never overlaps evaluation: Neural Paging traces use seeds from 1000 (the
 benchmark uses 42..51) and synthetic conversations seeds from 10000 (the benchmark uses
@@ -80,7 +80,7 @@ class TrainConfig:
     keep: float = 0.0  # share of trace evictions labelled by imitation of Belady (conversations: all)
     rollouts: int = 40  # trace evictions labelled by rollouts of the learner, about, per trace and cache size
     rollout_horizon: int = 64  # references each rollout runs
-    rollout_candidates: int = 3  # the lowest-scored candidates that get a rollout
+    rollout_candidates: int = 3  # the lowest-scored candidates that get a rollout (and the least recently used)
     epochs: int = 10
     batch: int = 512  # decisions per step
     lr: float = 3e-3
@@ -133,7 +133,8 @@ class Decisions:
 
 class Recorder(LearnedPolicy):
     """Acts as the controller and records decisions with their labels: a `rollout_keep`
-    share of evictions from rollouts, a `keep` share from Belady's, every prefetch."""
+    share of evictions labelled by rollouts, a `keep` share by Belady, every prefetch by
+    the pages its request used."""
 
     def __init__(self, controller: Controller, source: str, sink: Decisions, rng: random.Random, keep: float, subgroup: str = "", rollout: tuple[float, int, int] = (0.0, 0, 0)):
         self.controller = controller
