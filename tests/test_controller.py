@@ -93,3 +93,32 @@ def test_the_shipped_checkpoint_is_small_and_beats_lru():
         learned += count_faults(trace, 8, make_policy("learned", controller=controller))
         lru += count_faults(trace, 8, make_policy("lru"))
     assert learned < 0.9 * lru
+
+
+TOPICS = ["sourdough", "chess", "pottery", "astronomy", "jazz piano", "birdwatching", "gardening", "sailing", "knitting", "rock climbing",
+          "origami", "beekeeping", "calligraphy", "fencing", "woodworking", "photography", "salsa", "archery", "kayaking", "bonsai"]
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+@pytest.mark.parametrize("high,low", [(2, 1), (6, 4), (12, 8)])
+def test_the_shipped_controller_prefetches_a_planted_fact_at_any_cache_size(policy, high, low):
+    """The README's scenario without a model: a fact, then small talk until its page is
+    evicted (by a classical policy: the learned one tends to keep it), then a question about
+    it. Text pages are scored at every cache size, not only
+    the 5 resident pages the probe benchmark uses (a retrain once scored every page of a
+    2-page session below the threshold and prefetched nothing)."""
+    from paged_context.session import PagedSession, PagingConfig
+
+    session = PagedSession("demo", PagingConfig(boundary="tokens_128", resident_high=high, resident_low=low, policy=policy))
+
+    def turn(text, answer):
+        session.finish(session.ask(text), answer)
+
+    turn("Please remember: my locker code at the Riverside gym is 4417.", "Got it, your locker code at the Riverside gym is 4417.")
+    for topic in TOPICS[: 3 * high + 2]:
+        turn(f"Tell me three things a beginner should know about {topic}, in detail.",
+             " ".join(f"First, {topic} needs patience and practice; second, good tools matter; third, learn from others who enjoy {topic}." for _ in range(4)))
+    fact = next(p for p, page in session.pages.items() if "4417" in page.text)
+    assert fact in session.evicted()
+    request = session.ask("What is my locker code at the Riverside gym?")
+    assert fact in request.prefetched
