@@ -285,15 +285,20 @@ def _extra_faults(keys, due, i, v, incoming, step, future, next_use) -> int:
 
 
 def collect(cfg: TrainConfig, controller: Controller, round_: int, convs: dict[str, list[Conversation]], progress, workers: int = 1) -> Decisions:
-    """Roll out `controller` on every training trace (at every cache size) and conversation
-    (at every boundary and each of `ks` resident pages), on `workers` processes; the result
-    does not depend on how many."""
-    jobs = [("traces", seed, capacity) for seed in range(1000, 1000 + cfg.trace_seeds) for capacity in cfg.capacities]
-    jobs += [(source, conv, (boundary, k)) for source, conversations in convs.items() for conv in conversations for boundary in cfg.boundaries for k in cfg.ks]
+    """Roll out `controller` on every job of `collection_jobs`, on `workers` processes; the
+    result does not depend on how many."""
     sink = Decisions()
-    for part in map_in_order(_collect_one, [(cfg, controller, round_, job) for job in jobs], workers, progress):
+    for part in map_in_order(_collect_one, [(cfg, controller, round_, job) for job in collection_jobs(cfg, convs)], workers, progress):
         sink.extend(part)
     return sink
+
+
+def collection_jobs(cfg: TrainConfig, convs: dict[str, list[Conversation]]) -> list[tuple]:
+    """Every training trace at every cache size, every conversation at every boundary and
+    each of `ks` resident pages."""
+    jobs = [("traces", seed, capacity) for seed in range(1000, 1000 + cfg.trace_seeds) for capacity in cfg.capacities]
+    jobs += [(source, conv, (boundary, k)) for source, conversations in convs.items() for conv in conversations for boundary in cfg.boundaries for k in cfg.ks]
+    return jobs
 
 
 def _collect_one(cfg: TrainConfig, controller: Controller, round_: int, job: tuple) -> Decisions:
@@ -432,7 +437,7 @@ def run(cfg: TrainConfig, work: Path, out: Path, resume: bool = False, workers: 
         accelerator.load_state(str(work / f"round_{done[-1]}" / "state"))
         losses = json.loads((work / f"round_{done[-1]}" / "done").read_text())["losses"]
         accelerator.print(f"resuming after round {done[-1]} with {len(data.target)} decisions")
-    steps_per_round = cfg.trace_seeds * len(cfg.capacities) + sum(len(c) for c in convs.values()) * len(cfg.boundaries) * len(cfg.ks) + cfg.epochs
+    steps_per_round = len(collection_jobs(cfg, convs)) + cfg.epochs
     bar = tqdm(total=steps_per_round * (cfg.rounds - first_round), desc="train-controller", disable=not accelerator.is_main_process or None)
     started = time.time()
     for round_ in range(first_round, cfg.rounds):

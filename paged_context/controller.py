@@ -188,7 +188,9 @@ class LearnedPolicy(Policy):
     """The controller behind the `Policy` interface; `attach` gives it page texts."""
 
     name = "learned"
-    _STATE = ("capacity", "history", "resident", "pages", "index", "terms", "query", "entities", "last_request", "_fresh_request", "_scores")
+    # what start() sets up and the events change: what a fork copies (page texts, which
+    # never change once attached, it shares)
+    _STATE = ("capacity", "history", "resident", "index", "terms", "query", "entities", "last_request", "_fresh_request", "_scores")
 
     def __init__(self, controller: Controller | None = None):
         self.controller = controller or Controller.load()
@@ -209,8 +211,7 @@ class LearnedPolicy(Policy):
     def fork(self) -> LearnedPolicy:
         """A copy of the policy's state that can be stepped without touching this one."""
         clone = LearnedPolicy(self.controller)
-        # page texts never change once attached; everything start() sets up does
-        clone.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k in self._STATE and k != "pages"}))
+        clone.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k in self._STATE}))
         clone.pages = self.pages
         return clone
 

@@ -104,9 +104,9 @@ TOPICS = ["sourdough", "chess", "pottery", "astronomy", "jazz piano", "birdwatch
 def test_the_shipped_controller_prefetches_a_planted_fact_at_any_cache_size(policy, high, low):
     """The README's scenario without a model: a fact, then small talk until its page is
     evicted (by a classical policy: the learned one tends to keep it), then a question about
-    it. Text pages are scored at every cache size, not only
-    the 5 resident pages the probe benchmark uses (a retrain once scored every page of a
-    2-page session below the threshold and prefetched nothing)."""
+    it. Text pages are scored at every cache size, not only the 5 resident pages the probe
+    benchmark uses (a retrain once scored every page of a 2-page session below the
+    threshold and prefetched nothing)."""
     from paged_context.session import PagedSession, PagingConfig
 
     session = PagedSession("demo", PagingConfig(boundary="tokens_128", resident_high=high, resident_low=low, policy=policy))
