@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         importlib.import_module(args.module).main(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:  # bad input, not a bug
         print(f"paged-context: error: {e}", file=sys.stderr)
         return 2
     return 0

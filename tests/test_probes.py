@@ -83,6 +83,8 @@ def test_bench_probes_runs_the_full_grid_on_locomo_and_synthetic(tmp_path, locom
 def test_bench_probes_bad_data_path_is_a_clear_error(tmp_path):
     done = run_cli("bench", "probes", "--data", str(tmp_path / "nope.json"), "--synthetic", "0")
     assert done.returncode == 2 and "nope.json" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("bench", "probes", "--data", str(tmp_path), "--synthetic", "0")  # a folder, not the file
+    assert done.returncode == 2 and "Is a directory" in done.stderr and "Traceback" not in done.stderr
     bad = tmp_path / "bad.json"
     bad.write_text('{"not": "locomo"}')
     done = run_cli("bench", "probes", "--data", str(bad), "--synthetic", "0")
