@@ -1,21 +1,18 @@
 """KV-cache manager for the transformers engine: restore instead of recompute.
 
 A paged prompt changes in the middle when pages are evicted or recalled, and returns to
-layouts it has had before. The manager snapshots the KV of a prompt at its segment
-boundaries (page ends, the end of the recent turns) into a host pool, chunk by chunk as
-vLLM's prefix cache does with blocks: the chunk for tokens [a, b) is keyed by a hash of
-all tokens before b, so it is only ever reused after exactly the same tokens, and a
-prefix is restored by following its chain of chunks. That is *exact*: the logits after a
+layouts it has had before. A session's manager snapshots the KV of a prompt at its
+segment boundaries (page ends, the end of the recent turns) into the engine's host pool
+(`kv_pool.py`), chunk by chunk, each keyed by a hash of all tokens before its end, and
+restores a prefix by following its chain of chunks. That is *exact*: the logits after a
 restore equal those of a full recompute.
 
-Restoring should cost what moving the bytes costs (ANCHORS.md section 5: pinned copies
-run at ~55 GB/s on an H100, pageable ones ~8x slower). So on CUDA the host pool is pinned
-memory allocated once and reused (`HostPool`), each chunk is one contiguous buffer laid
-out layer-major so that a layer of a chunk moves in a single copy, the copies run on a
-side stream (`CopyStream`), and a restore is a handle (`Restore`) whose layers the
-compute stream waits for one by one, only when the model reaches them: a recalled page
-streams in while the new turn's first layers already compute. On CPU the same code runs
-with plain memory and synchronous copies.
+On CUDA each chunk is one contiguous buffer of pinned memory laid out layer-major, so
+that a layer of a chunk moves in a single copy; the copies run on the pool's side stream,
+and a restore is a handle (`Restore`) whose layers the compute stream waits for one by
+one, only when the model reaches them: a recalled page streams in while the new turn's
+first layers already compute. On CPU the same code runs with plain memory and
+synchronous copies.
 
 `splice` mode (opt-in, approximate) also reuses a segment's KV at a new position after a
 different prefix, re-rotating its keys with RoPE (InfLLM/ArkVale-style). Its values, and
@@ -25,16 +22,14 @@ the keys' content, still carry the old context, so it is not equal to a recomput
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-from array import array
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from .kv_pool import Chunk, HostKVPool, PoolStats, prefix_keys
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
 
@@ -42,118 +37,13 @@ Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [bat
 @dataclass
 class KVStats:
     device_bytes: int = 0  # the live cache
-    host_bytes: int = 0  # the snapshot pool: bytes held by chunks
-    host_reserved_bytes: int = 0  # host memory set aside for the pool (pinned on CUDA), used or free
-    host_slabs: int = 0  # host allocations made so far: flat once the pool is warm, as buffers are reused
-    host_pinned: bool = False
-    chunks: int = 0
+    host_bytes: int = 0  # held by this session's chunks in the pool
+    chunks: int = 0  # this session's
     restores: int = 0
     restored_tokens: int = 0  # served from the pool or the live cache
     recomputed_tokens: int = 0  # left for the model to compute
     spliced_tokens: int = 0  # reused at a new position (splice mode only)
-
-
-class HostPool:
-    """Host memory for KV snapshots: a few large slabs, allocated once up to a byte limit
-    and carved into ranges (first fit, neighbours merged on release). Pinning memory is
-    slow and pinned memory is what makes host-to-device copies fast, so it is pinned once
-    and reused rather than allocated per snapshot."""
-
-    ALIGN = 512  # range offsets: any dtype can view them, and DMA likes aligned starts
-
-    def __init__(self, limit_bytes: int | None, pin: bool, slab_bytes: int = 256 << 20):
-        self.limit, self.pin, self.slab_bytes = limit_bytes, pin, slab_bytes
-        self.slabs: list[torch.Tensor | None] = []  # uint8; None once given back
-        self.free: list[list[tuple[int, int]]] = []  # per slab: (offset, size), sorted by offset
-        self.reserved = 0
-        self.allocations = 0
-
-    def alloc(self, nbytes: int) -> tuple[int, int, torch.Tensor] | None:
-        """A (slab, offset, uint8 view) range of `nbytes`, or None when the limit leaves no
-        room (the caller evicts a chunk and asks again)."""
-        size = -(-nbytes // self.ALIGN) * self.ALIGN
-        slot = self._fit(size, nbytes)
-        if slot is None:
-            if not self._grow(size):
-                self._drop_empty_slabs()  # a range larger than any slab: make room for a slab of its size
-                if not self._grow(size):
-                    return None
-            slot = self._fit(size, nbytes)
-        return slot
-
-    def _fit(self, size: int, nbytes: int) -> tuple[int, int, torch.Tensor] | None:
-        for s, ranges in enumerate(self.free):
-            for i, (offset, free) in enumerate(ranges):
-                if free >= size:
-                    ranges[i : i + 1] = [(offset + size, free - size)] if free > size else []
-                    return s, offset, self.slabs[s][offset : offset + nbytes]
-        return None
-
-    def release(self, slab: int, offset: int, nbytes: int) -> None:
-        size = -(-nbytes // self.ALIGN) * self.ALIGN
-        ranges = self.free[slab]
-        ranges.append((offset, size))
-        ranges.sort()
-        merged = [ranges[0]]
-        for start, length in ranges[1:]:
-            if merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((start, length))
-        self.free[slab] = merged
-
-    def _grow(self, size: int) -> bool:
-        room = float("inf") if self.limit is None else self.limit - self.reserved
-        if room < size:
-            return False
-        slab_size = int(max(size, min(self.slab_bytes, room)))
-        self.slabs.append(torch.empty(slab_size, dtype=torch.uint8, pin_memory=self.pin))
-        self.free.append([(0, slab_size)])
-        self.reserved += slab_size
-        self.allocations += 1
-        return True
-
-    def _drop_empty_slabs(self) -> None:
-        for s, slab in enumerate(self.slabs):
-            if slab is not None and self.free[s] == [(0, slab.numel())]:
-                self.reserved -= slab.numel()
-                self.slabs[s], self.free[s] = None, []
-
-
-class CopyStream:
-    """Where host<->device copies run: a side CUDA stream, so they overlap the model's
-    compute, ordered with it by events. On CPU there is nothing to overlap with: copies
-    run inline and every method is a no-op."""
-
-    def __init__(self, device: torch.device):
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def active(self):
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-
-    def after_compute(self) -> None:
-        """Make later copies wait for the compute queued so far (the KV they read)."""
-        if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-
-    def mark(self) -> torch.cuda.Event | None:
-        """An event after the copies queued so far."""
-        return self.stream.record_event() if self.stream is not None else None
-
-    def to_compute(self, tensor: torch.Tensor) -> None:
-        """`tensor` was allocated on the side stream and is read by the compute stream:
-        keep the allocator from reusing its memory before that reading is done."""
-        if self.stream is not None:
-            tensor.record_stream(torch.cuda.current_stream(self.stream.device))
-
-    def to_copies(self, tensor: torch.Tensor) -> None:
-        """The same for a compute-stream tensor read by the side stream."""
-        if self.stream is not None:
-            tensor.record_stream(self.stream)
-
-    def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
+    pool: PoolStats = field(default_factory=PoolStats)  # every session's chunks and the host memory under them
 
 
 class _RestoredLayer(DynamicLayer):
@@ -196,31 +86,6 @@ class Restore:
                 event.synchronize()
 
 
-@dataclass
-class _Chunk:
-    key: bytes  # identifies every token before `end`
-    start: int
-    end: int
-    parent: bytes | None  # key of the prefix before `start`
-    host: torch.Tensor  # [layers, tokens, 2 (key, value), batch, heads, dim], one contiguous range of the pool
-    slot: tuple[int, int]  # (slab, offset) in the pool
-
-    @property
-    def nbytes(self) -> int:
-        return self.host.nbytes
-
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's keys and values as [batch, heads, tokens, dim] views."""
-        kv = self.host[i].permute(1, 2, 3, 0, 4)  # [2, batch, heads, tokens, dim]
-        return kv[0], kv[1]
-
-
-def prefix_keys(ids: Sequence[int], positions: Sequence[int]) -> dict[int, bytes]:
-    """A key per position p identifying ids[:p] (SHA-1 of the token ids)."""
-    raw = array("q", ids).tobytes()
-    return {p: hashlib.sha1(raw[: 8 * p]).digest() for p in positions}
-
-
 def _layers(cache: DynamicCache) -> Layers:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -235,7 +100,10 @@ def _token_major(k: torch.Tensor) -> torch.Tensor:
 
 
 class KVCacheManager:
-    def __init__(self, model, mode: str = "exact", host_limit_bytes: int | None = None):
+    """One session's KV: its live cache, and its snapshots in `pool` (shared by every
+    session of an engine; without one, a private pool of `host_limit_bytes`)."""
+
+    def __init__(self, model, mode: str = "exact", host_limit_bytes: int | None = None, pool: HostKVPool | None = None):
         if mode not in ("exact", "splice"):
             raise ValueError(f"mode must be 'exact' or 'splice', got {mode!r}")
         layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
@@ -243,13 +111,16 @@ class KVCacheManager:
             raise ValueError(f"KV restore needs full-attention layers only, this model has {sorted(layer_types)}")
         self.model, self.mode = model, mode
         self.device = next(model.parameters()).device
-        self.host = HostPool(host_limit_bytes, pin=self.device.type == "cuda")
-        self.copies = CopyStream(self.device)
-        self.pool: OrderedDict[bytes, _Chunk] = OrderedDict()  # LRU order
-        self.segments: dict[bytes, _Chunk] = {}  # splice mode: chunks by their own tokens
+        if pool is not None and host_limit_bytes is not None:
+            raise ValueError("host_limit_bytes sizes a private pool: a shared pool has its own limit")
+        self.pool = pool if pool is not None else HostKVPool(self.device, host_limit_bytes)
+        if self.pool.device.type != self.device.type:
+            raise ValueError(f"the pool is for {self.pool.device.type}, the model is on {self.device.type}")
+        self.owner = self.pool.new_owner()
+        self.copies = self.pool.copies  # the pool's: its ranges are reused safely only if every copy runs there
         self.boundaries: set[int] = set()  # every boundary position ever stored
         self.live: tuple[list[int], DynamicCache] | None = None
-        self._stats = KVStats(host_pinned=self.host.pin)
+        self._stats = KVStats()
 
     # --- restore --------------------------------------------------------------------------
 
@@ -295,28 +166,16 @@ class KVCacheManager:
             n += 1
         return n, [(k[..., :n, :], v[..., :n, :]) for k, v in _layers(cache)] if n else []
 
-    def _pool_prefix(self, ids: list[int], limit: int) -> list[_Chunk]:
+    def _pool_prefix(self, ids: list[int], limit: int) -> list[Chunk]:
         keys = prefix_keys(ids, [b for b in self.boundaries if b <= limit])
         for end in sorted(keys, reverse=True):
-            chain = self._chain(keys[end])
+            chain = self.pool.chain(self.owner, keys[end])
             if chain:
-                for chunk in chain:
-                    self.pool.move_to_end(chunk.key)
+                self.pool.touch(chain)
                 return chain
         return []
 
-    def _chain(self, key: bytes) -> list[_Chunk]:
-        """The chunks from position 0 to the one keyed `key`, or [] if a link is missing."""
-        chain = []
-        while key is not None:
-            chunk = self.pool.get(key)
-            if chunk is None:
-                return []
-            chain.append(chunk)
-            key = chunk.parent
-        return chain[::-1]
-
-    def _copy_in(self, chain: list[_Chunk]) -> tuple[Layers, list]:
+    def _copy_in(self, chain: list[Chunk]) -> tuple[Layers, list]:
         """Queue the copy of a chain of chunks into one device buffer: one copy per chunk
         per layer, each layer followed by an event, so layer 0 can be used while the
         others are still in flight. Returns per-layer views and events."""
@@ -347,24 +206,25 @@ class KVCacheManager:
         start = 0
         for end in ends:
             key = keys[end]
-            if key in self.pool:
-                self.pool.move_to_end(key)
-            elif (chunk := self._store(key, start, end, keys[start] if start else None, layers)) and self.mode == "splice":
-                self.segments.setdefault(prefix_keys(ids[start:end], [end - start])[end - start], chunk)
+            if (held := self.pool.get(self.owner, key)) is not None:
+                self.pool.touch([held])
+            else:
+                segment = prefix_keys(ids[start:end], [end - start])[end - start] if self.mode == "splice" else None
+                self._store(key, start, end, keys[start] if start else None, segment, layers)
             self.boundaries.add(end)
             start = end
         self.live = (ids, cache)
         self._stats.device_bytes = _nbytes(layers)
 
-    def _store(self, key: bytes, start: int, end: int, parent: bytes | None, layers: Layers) -> _Chunk | None:
+    def _store(self, key: bytes, start: int, end: int, parent: bytes | None, segment: bytes | None, layers: Layers) -> None:
         """Copy tokens [start, end) of every layer into one pool range: gathered on the
         device into the chunk's layout, then one device-to-host copy on the side stream."""
         k0 = layers[0][0]
         shape = (len(layers), end - start, 2, k0.shape[0], k0.shape[1], k0.shape[3])
-        slot = self._alloc(torch.Size(shape).numel() * k0.element_size())
-        if slot is None:
-            return None  # larger than the whole pool: left to recompute
-        host = slot[2].view(k0.dtype).view(shape)
+        chunk = self.pool.store(self.owner, key, start, end, parent, segment, shape, k0.dtype)
+        if chunk is None:
+            return  # larger than the whole pool: left to recompute
+        host = chunk.host
         on_cpu = k0.device.type == "cpu"
         staging = host if on_cpu else torch.empty(shape, dtype=k0.dtype, device=k0.device)
         for i, (k, v) in enumerate(layers):
@@ -374,30 +234,21 @@ class KVCacheManager:
             with self.copies.active():
                 host.copy_(staging, non_blocking=True)
             self.copies.to_copies(staging)
-        chunk = self.pool[key] = _Chunk(key, start, end, parent, host, slot[:2])
-        self._stats.host_bytes += chunk.nbytes
-        return chunk
-
-    def _alloc(self, nbytes: int):
-        """A pool range, evicting least recently used chunks until one fits (a restore then
-        stops at the first missing link and the rest is recomputed: slower, never wrong).
-        Reusing a range is safe while copies are in flight: every copy that reads or
-        writes the pool runs on the one side stream, in order."""
-        while (slot := self.host.alloc(nbytes)) is None and self.pool:
-            _, chunk = self.pool.popitem(last=False)
-            self.host.release(*chunk.slot, chunk.nbytes)
-            self._stats.host_bytes -= chunk.nbytes
-            self.segments = {k: c for k, c in self.segments.items() if c is not chunk}
-        return slot
 
     def synchronize(self) -> None:
         """Wait for every queued copy (before reading the pool from the host)."""
         self.copies.synchronize()
 
     def stats(self) -> KVStats:
-        self._stats.chunks = len(self.pool)
-        self._stats.host_reserved_bytes, self._stats.host_slabs = self.host.reserved, self.host.allocations
-        return KVStats(**self._stats.__dict__)
+        chunks = self.pool.chunks(self.owner)
+        return replace(self._stats, host_bytes=sum(c.nbytes for c in chunks), chunks=len(chunks), pool=self.pool.stats())
+
+    def close(self) -> None:
+        """Drop the live cache and free this session's chunks in the pool."""
+        self.live = None
+        self.boundaries.clear()
+        self._stats.device_bytes = 0
+        self.pool.release(self.owner)
 
     # --- splice (approximate) -------------------------------------------------------------
 
@@ -406,7 +257,7 @@ class KVCacheManager:
         pieces = [layers] if at else []
         for end in ends:
             key = prefix_keys(ids[at:end], [end - at])[end - at]
-            chunk = self.segments.get(key)
+            chunk = self.pool.segment(self.owner, key)
             if chunk is None:
                 break
             moved = [chunk.layer(i) for i in range(len(chunk.host))]

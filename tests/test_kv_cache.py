@@ -1,4 +1,5 @@
-"""The KV-cache manager on tiny random Llamas: exact restores, the host pool, splicing."""
+"""The KV-cache manager on tiny random Llamas: exact restores, the host pool shared by
+sessions, splicing."""
 
 import pytest
 
@@ -6,6 +7,7 @@ torch = pytest.importorskip("torch")
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from paged_context.patches.kv_cache import KVCacheManager, rotate_keys, splice_divergence  # noqa: E402
+from paged_context.patches.kv_pool import HostKVPool, HostPool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +86,13 @@ def test_host_limit_evicts_chunks_reuses_the_pool_and_stays_exact(model):
         assert (out - full_logits(model, ids)).abs().max().item() < 1e-4
         manager.remember(ids, cache, ends)
         stats = manager.stats()
-        assert stats.host_bytes == sum(c.nbytes for c in manager.pool.values()) <= stats.host_reserved_bytes <= 30_000
+        chunks = manager.pool.chunks(manager.owner)
+        assert stats.host_bytes == sum(c.nbytes for c in chunks) == stats.pool.held_bytes <= stats.pool.reserved_bytes <= 30_000
         assert stats.device_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-        assert not stats.host_pinned
-        slabs.append(stats.host_slabs)
+        assert not stats.pool.pinned
+        slabs.append(stats.pool.allocations)
     assert slabs[-1] == slabs[0] == 1  # evicted chunks' ranges were reused, no new host memory
-    assert all(c.host.is_contiguous() and c.host.shape[:2] == (3, c.end - c.start) for c in manager.pool.values())
+    assert all(c.host.is_contiguous() and c.host.shape[:2] == (3, c.end - c.start) for c in chunks)
 
 
 def test_rotating_keys_moves_them_to_a_new_position(model):
@@ -141,8 +144,6 @@ def test_bench_kv_runs(tmp_path):
 
 
 def test_host_pool_reuses_ranges_within_its_limit():
-    from paged_context.patches.kv_cache import HostPool
-
     pool = HostPool(limit_bytes=4096, pin=False, slab_bytes=4096)
     a, b = pool.alloc(1000), pool.alloc(1000)
     assert (a[1], b[1]) == (0, 1024) and pool.reserved == 4096 and pool.allocations == 1
@@ -155,7 +156,9 @@ def test_host_pool_reuses_ranges_within_its_limit():
     big = HostPool(limit_bytes=7000, pin=False, slab_bytes=2048)
     first = big.alloc(100)
     big.release(*first[:2], 100)
-    assert big.alloc(6000)[2].numel() == 6000 and big.reserved == 6144 and big.allocations == 2  # the empty small slab made room
+    bigger = big.alloc(6000)
+    assert bigger[2].numel() == 6000 and big.reserved == 6144 and big.allocations == 2  # the empty small slab made room
+    assert bigger[0] == 0 and len(big.slabs) == 1  # in its place
 
 
 def test_a_restore_started_early_gives_the_same_logits(model):
@@ -170,6 +173,42 @@ def test_a_restore_started_early_gives_the_same_logits(model):
     with torch.no_grad():
         out = model(torch.tensor([turn[restore.tokens :]]), past_key_values=restore.cache()).logits[0, -1]
     assert (out - full_logits(model, turn)).abs().max().item() < 1e-4
-    stored = manager.pool[max(manager.pool, key=lambda k: manager.pool[k].end)]
+    stored = max(manager.pool.chunks(manager.owner), key=lambda c: c.end)
     k, v = stored.layer(1)
     assert torch.equal(k, cache.layers[1].keys[..., 40:60, :]) and torch.equal(v, cache.layers[1].values[..., 40:60, :])
+
+
+def test_the_budget_is_shared_and_the_least_recently_used_chunk_of_any_session_goes_first(model):
+    chunk_bytes = 3 * 20 * 2 * 2 * 16 * 4  # layers, tokens, key and value, KV heads, head dim, float32
+    pool = HostKVPool("cpu", limit_bytes=4 * chunk_bytes)  # room for four chunks, for both sessions
+    a, b = KVCacheManager(model, pool=pool), KVCacheManager(model, pool=pool)
+    turn = segment(9, 5)
+    b_ids, b_ends = prompt(segment(10), segment(11), segment(12))
+    a_ids, a_ends = prompt(segment(20))
+    for manager, ids, ends in [(b, b_ids, b_ends), (a, a_ids, a_ends)]:
+        manager.remember(ids, logits_with(model, manager, ids)[2], ends)
+        manager.live = None  # restores come from the pool
+    assert pool.stats().chunks == 4
+    out, n, _ = logits_with(model, b, b_ids + turn)  # b's chunks are used again: a's is now the least recent
+    assert n == 60 and (out - full_logits(model, b_ids + turn)).abs().max().item() < 1e-4
+    longer, longer_ends = prompt(segment(10), segment(11), segment(12), segment(13))
+    b.remember(longer, logits_with(model, b, longer)[2], longer_ends)  # a fifth chunk: one must go
+    stats = pool.stats()
+    assert (a.stats().chunks, b.stats().chunks, stats.owners) == (0, 4, 1)  # a's, though b's first chunk is older
+    assert stats.held_bytes == b.stats().host_bytes <= stats.reserved_bytes <= 4 * chunk_bytes
+    out, n, _ = logits_with(model, a, a_ids + turn)
+    assert n == 0 and (out - full_logits(model, a_ids + turn)).abs().max().item() < 1e-4  # evicted: recomputed
+    b.live = None
+    out, n, _ = logits_with(model, b, longer + turn)
+    assert n == 80 and (out - full_logits(model, longer + turn)).abs().max().item() < 1e-4
+
+
+def test_sessions_never_restore_each_others_kv(model):
+    pool = HostKVPool("cpu", limit_bytes=None)
+    a, b = KVCacheManager(model, pool=pool), KVCacheManager(model, pool=pool)
+    ids, ends = prompt(segment(1), segment(2))
+    a.remember(ids, logits_with(model, a, ids)[2], ends)
+    a.live = None
+    assert logits_with(model, b, ids + [5])[1] == 0  # the same tokens, another session: recomputed
+    assert logits_with(model, a, ids + [5])[1] == 40
+

@@ -50,14 +50,14 @@ def test_bf16_restore_matches_a_full_recompute(model):
 
 def test_the_host_pool_is_pinned_and_reused(model):
     manager, _ = remembered(model, ids_of(2, 300), [100, 300], host_limit_bytes=1 << 20)
-    assert manager.stats().host_pinned and all(c.host.is_pinned() for c in manager.pool.values())
+    assert manager.stats().pool.pinned and all(c.host.is_pinned() for c in manager.pool.chunks(manager.owner))
     for seed in range(3, 8):
         ids = ids_of(seed, 300)
         cache = DynamicCache(config=model.config)
         forward(model, ids, cache)
         manager.remember(ids, cache, [100, 300])
     stats = manager.stats()
-    assert stats.host_slabs == 1 and stats.host_bytes <= stats.host_reserved_bytes <= 1 << 20
+    assert stats.pool.allocations == 1 and stats.host_bytes <= stats.pool.reserved_bytes <= 1 << 20
 
 
 def test_restore_runs_on_the_side_stream_and_lands_exactly(model):

@@ -114,10 +114,11 @@ def measure_page(model, tokens: int, repeats: int) -> dict:
         restore_s = _timed(restore, device, repeats)
         resident_s = _timed(turn_with((ids, cache)), device, repeats)
         recalled_s = _timed(turn_with(None), device, repeats)
-    moved = sum(c.nbytes for c in manager.pool.values())  # the prefix's chunk and the page's
+    chunks = manager.pool.chunks(manager.owner)
+    moved = sum(c.nbytes for c in chunks)  # the prefix's chunk and the page's
     return {
         "tokens": tokens,
-        "kv_bytes": sum(c.nbytes for c in manager.pool.values() if c.start == PREFIX),
+        "kv_bytes": sum(c.nbytes for c in chunks if c.start == PREFIX),
         "moved_bytes": moved,
         "recompute_ms": recompute_s * 1000,
         "restore_ms": restore_s * 1000,
