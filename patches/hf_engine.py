@@ -19,6 +19,7 @@ from paged_context.store import PageStore
 
 from .hf_generation import AnswerStream, LogitBias, RecallConstraint, RecallStop
 from .kv_cache import KVCacheManager
+from .kv_pool import HostKVPool
 
 
 @dataclass
@@ -67,7 +68,7 @@ class HFEngine:
         self.max_new_tokens = max_new_tokens
         self.repetition_penalty = repetition_penalty
         self.max_recall_rounds = max_recall_rounds
-        self.kv_host_limit_bytes = kv_host_limit_bytes  # per session; the oldest snapshots go first
+        self.kv_pool = HostKVPool(self.device, kv_host_limit_bytes)  # all sessions' snapshots; the least recently used go first
         self.caches: dict[str, KVCacheManager] = {}
 
     def count_tokens(self, text: str) -> int:
@@ -75,6 +76,11 @@ class HFEngine:
 
     def session(self, session_id: str, config: PagingConfig = PagingConfig(), store: PageStore | None = None, **kw) -> PagedSession:
         return PagedSession(session_id, config, store, self.count_tokens, **kw)
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session's KV (a deleted session): its live cache and its snapshots."""
+        if (kv := self.caches.pop(session_id, None)) is not None:
+            kv.close()
 
     # --- prompt -> tokens -----------------------------------------------------------------
 
@@ -122,7 +128,7 @@ class HFEngine:
         `on_text` receives the answer as it is generated; `logit_bias` adds to the logits
         of the given token ids, as in the OpenAI API. With `expose_recall` a recall call
         ends the request unanswered, returned in `Reply.call` for the client to handle."""
-        kv = self.caches.setdefault(session.id, KVCacheManager(self.model, self.kv_mode, self.kv_host_limit_bytes))
+        kv = self.caches.setdefault(session.id, KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool))
         limit = max_new_tokens or self.max_new_tokens
         answer, usage = "", {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0, "seconds": 0.0}
         started = time.perf_counter()

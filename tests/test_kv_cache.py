@@ -4,10 +4,13 @@ sessions, splicing."""
 import pytest
 
 torch = pytest.importorskip("torch")
+from tiny_model import build  # noqa: E402
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from paged_context.patches.hf_engine import HFEngine  # noqa: E402
 from paged_context.patches.kv_cache import KVCacheManager, rotate_keys, splice_divergence  # noqa: E402
 from paged_context.patches.kv_pool import HostKVPool, HostPool  # noqa: E402
+from paged_context.session import PagingConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +215,36 @@ def test_sessions_never_restore_each_others_kv(model):
     assert logits_with(model, b, ids + [5])[1] == 0  # the same tokens, another session: recomputed
     assert logits_with(model, a, ids + [5])[1] == 40
 
+
+def test_forgetting_100_sessions_gives_their_host_memory_back(tmp_path):
+    engine = HFEngine(build(tmp_path / "tiny"), max_new_tokens=2, repetition_penalty=1.0)
+    slab = 1 << 14
+    engine.kv_pool = HostKVPool(engine.device, 1 << 30, slab_bytes=slab)  # small slabs, so 100 sessions take many
+    for i in range(100):
+        session = engine.session(f"user-{i}", PagingConfig())
+        for turn in range(2):
+            engine.reply(session, f"session {i}, turn {turn}: the locker code is {i}{turn}")
+    held = engine.kv_pool.stats()
+    assert held.owners == 100 and held.chunks >= 100 and held.slabs > 10
+    for i in range(100):
+        engine.forget(f"user-{i}")
+    engine.forget("never-seen")  # nothing to drop
+    empty = engine.kv_pool.stats()
+    assert engine.caches == {}
+    assert (empty.owners, empty.chunks, empty.held_bytes) == (0, 0, 0)
+    assert empty.slabs <= 1 and empty.reserved_bytes <= slab  # one spare slab stays warm, the rest went back
+
+    session = engine.session("after", PagingConfig())
+    for turn in range(3):
+        reply = engine.reply(session, f"turn {turn}: my Lisbon trip budget is {turn}00")
+    assert reply.usage["cached_tokens"] > 0 and reply.paging["kv"]["pool"]["owners"] == 1
+    kv = engine.caches["after"]
+    kv.live = None  # from the pool
+    request = session.ask("and the budget?")
+    ids, _ = engine.encode(session.render(request, ""))
+    cache, reused = kv.cache_for(ids)
+    assert reused > 0
+    with torch.no_grad():
+        restored = engine.model(torch.tensor([ids[reused:]]), past_key_values=cache).logits[0, -1]
+        full = engine.model(torch.tensor([ids])).logits[0, -1]
+    assert (restored - full).abs().max().item() < 1e-4
