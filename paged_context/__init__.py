@@ -2,7 +2,8 @@
 
 Old turns become pages; the pages worth keeping stay resident, the rest are replaced by
 keyword bookmarks `[p7:Caroline,adoption,agency]`, and the model brings them back with
-the `recall` tool. This package is the engine-agnostic core: no torch, no vLLM.
+the `recall` tool. This package is the engine-agnostic core: no torch, no vLLM. The
+engines are in `paged_context.patches`, the server and `PagedLLM` in `paged_context.serve`.
 """
 
 __version__ = "0.1.0"
@@ -16,22 +17,11 @@ from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, rec
 from .session import PagedSession, PagingConfig
 from .store import PageStore, SQLiteStore
 
-
-
-def __getattr__(name):
-    if name == "PagedLLM":  # imported on use: it needs torch and an engine, the core does not
-        from .llm import PagedLLM
-
-        return PagedLLM
-    raise AttributeError(f"module 'paged_context' has no attribute {name!r}")
-
-
 __all__ = [
     "Bookmark",
     "Conversation",
     "POLICIES",
     "Page",
-    "PagedLLM",
     "PagedSession",
     "PagingConfig",
     "PageStore",

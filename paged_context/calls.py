@@ -1,20 +1,37 @@
-"""How a model writes a recall call, finding one in generated text, and the grammar that
-constrained decoding enforces once a call has begun.
+"""How a model writes tool calls, finding them in generated text, and the grammar that
+constrained decoding enforces once a recall call has begun.
 
 Two syntaxes: a chat template with native tools gets the Hermes form its model was
 trained on (`<tool_call>{"name": "recall", "arguments": {...}}</tool_call>`); a template
 without tools (SmolLM2's) gets a plain-text form, `recall({"page_ids": [3]})`, taught by
-the system prompt. Finding a call is lenient (whatever follows the marker becomes the
-arguments, so a malformed call reaches validation and earns the model a readable error);
-constrained decoding is strict (only the canonical form naming recallable pages).
+the system prompt, and the same form for the client's own tools (`read_file({...})`).
+Finding calls is lenient (whatever follows a marker becomes the arguments, so a
+malformed call reaches validation and earns the model a readable error); constrained
+decoding is strict (only the canonical recall form naming recallable pages).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from typing import Collection, Sequence
+
+RECALL = "recall"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made (or a client sent): to `recall`, served by the paging layer,
+    or to one of the client's tools, returned to the client."""
+
+    name: str
+    arguments: str  # JSON text as written; may be malformed, validation decides
+    id: str = ""
+
+    def to_openai(self) -> dict:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
@@ -33,11 +50,19 @@ class CallSyntax:
         already shows the model how to call tools."""
         return None if self.name == "hermes" else self.render(["N"])
 
-    def wrap(self, arguments: str) -> str:
+    def wrap(self, arguments: str, tool: str = RECALL) -> str:
         """A call with the given arguments text, as the model would have written it."""
         if self.name == "plain":
-            return f"{self.marker}{arguments}{self.close}"
-        return f'{self.marker}\n{{"name": "recall", "arguments": {arguments}}}\n{self.close}'
+            return f"{tool}({arguments})"
+        try:
+            json.loads(arguments)
+        except json.JSONDecodeError:
+            arguments = json.dumps(arguments)  # keeps the block parseable; the text survives as a string
+        return f'<tool_call>\n{{"name": {json.dumps(tool)}, "arguments": {arguments}}}\n</tool_call>'
+
+    def markers(self, tools: Collection[str]) -> tuple[str, ...]:
+        """The texts that open a call to any of `tools` (recall included)."""
+        return (self.marker,) if self.name == "hermes" else tuple(f"{t}(" for t in sorted({RECALL, *tools}))
 
     def find(self, text: str) -> tuple[int, str, str] | None:
         """The first call in `text`: (where it starts, the call's text, its arguments as
@@ -62,6 +87,89 @@ class CallSyntax:
             return json.dumps({"unexpected": "a tool call that is not recall"})
         arguments = payload.get("arguments", {})
         return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def find_calls(syntax: CallSyntax, text: str, tools: Collection[str] = ()) -> tuple[int, list[ToolCall]] | None:
+    """Every call in `text`, to recall or to one of `tools`, in order (parallel calls), and
+    where the first begins; None when there is none. Lenient: a call cut short or with
+    malformed arguments is still a call (its name is "" when it cannot be read)."""
+    calls, first, at = [], None, 0
+    while (hit := _next_call(syntax, text, at, tools)) is not None:
+        start, end, call = hit
+        first = start if first is None else first
+        calls.append(call)
+        at = end
+    return None if first is None else (first, calls)
+
+
+_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_ARGUMENTS = re.compile(r'"arguments"\s*:')
+_JSON = json.JSONDecoder()
+
+
+def _next_call(syntax: CallSyntax, text: str, at: int, tools: Collection[str]) -> tuple[int, int, ToolCall] | None:
+    """The first call at or after `at`: (start, end, call)."""
+    if syntax.name == "hermes":
+        start = text.find(syntax.marker, at)
+        if start < 0:
+            return None
+        body_start = start + len(syntax.marker)
+        close = text.find(syntax.close, body_start)
+        end = len(text) if close < 0 else close + len(syntax.close)
+        body = text[body_start : len(text) if close < 0 else close].strip()
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError:
+            named, given = _NAME.search(body), _ARGUMENTS.search(body)
+            return start, end, ToolCall(named.group(1) if named else "", _loose_arguments(body[given.end() :]) if given else body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+            return start, end, ToolCall("", body)
+        arguments = payload.get("arguments", {})
+        return start, end, ToolCall(payload["name"], arguments if isinstance(arguments, str) else json.dumps(arguments))
+    hits = [(m.start(), m.end(), m.group(1)) for m in (_plain_marker(tools).search(text, at),) if m]
+    if not hits:
+        return None
+    start, body_start, name = hits[0]
+    rest = text[body_start:]
+    stripped = rest.lstrip()
+    try:
+        _, length = _JSON.raw_decode(stripped)
+    except json.JSONDecodeError:
+        close = rest.find(")")
+        arguments = rest if close < 0 else rest[:close]
+        end = len(text) if close < 0 else body_start + close + 1
+        return start, end, ToolCall(name, arguments.strip())
+    offset = len(rest) - len(stripped)
+    arguments = stripped[:length]
+    after = body_start + offset + length
+    tail = text[after:]
+    end = after + (len(tail) - len(tail.lstrip()) + 1 if tail.lstrip().startswith(")") else 0)
+    return start, end, ToolCall(name, arguments)
+
+
+def _loose_arguments(rest: str) -> str:
+    """The arguments of a Hermes block whose JSON does not parse: what follows
+    `"arguments":`, without the wrapper's closing brace when that makes it valid."""
+    rest = rest.strip()
+    unwrapped = rest.removesuffix("}").strip()
+    for candidate in (unwrapped, rest):
+        try:
+            json.loads(candidate)
+            return candidate
+        except json.JSONDecodeError:
+            pass
+    return rest
+
+
+def _plain_marker(tools: Collection[str]) -> re.Pattern:
+    names = sorted({RECALL, *tools}, key=len, reverse=True)  # the longest name wins at a position
+    return _plain_pattern(tuple(names))
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_pattern(names: tuple[str, ...]) -> re.Pattern:
+    # a name glued to a longer word ("myrecall(") is not a call
+    return re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, names)) + r")\(")
 
 
 PLAIN = CallSyntax("plain", "recall(", '{"page_ids": [', "]})", ")")
@@ -116,13 +224,20 @@ class CallGrammar:
         # only tokens made of the call's characters can ever continue it
         self.candidates = [(i, t) for i, t in enumerate(token_texts) if t and set(t) <= alphabet]
 
-    def partial(self, generated: str) -> str | None:
-        """The text of an open call in `generated` (after its marker), or None when no
-        call has begun or the call is already complete."""
+    def partial(self, generated: str, shared: bool = False) -> str | None:
+        """The text of an open recall call in `generated` (after its marker), or None when
+        no call has begun or the call is already complete. `shared`: the client's tools
+        open calls with the same marker, so a call is only constrained once it names recall."""
         start = generated.find(self.syntax.marker)
         if start < 0:
             return None
         partial = generated[start + len(self.syntax.marker) :]
+        if shared:
+            naming = self.syntax.head[: self.syntax.head.find(RECALL) + len(RECALL) + 1]
+            if not (partial.startswith(naming) or (len(partial) < len(naming) and naming.startswith(partial))):
+                return None  # another tool's call, or one that may still become recall: free
+            if len(partial) < len(naming):
+                return None
         return None if complete(self.syntax, partial) else partial
 
     def next_tokens(self, partial: str, allowed: Collection[int], max_ids: int) -> list[int]:
@@ -140,11 +255,11 @@ def held_back(text: str, marker: str) -> int:
     return 0
 
 
-def visible_end(text: str, syntaxes: Sequence[CallSyntax]) -> int:
+def visible_end(text: str, markers: Sequence[str]) -> int:
     """How much of generated `text` a client may see while it is still growing: all of it
-    before the first call in any of `syntaxes`, less a tail that could still become a
-    call marker, less half a multi-byte character."""
-    starts = [hit[0] for hit in (s.find(text) for s in syntaxes) if hit is not None]
+    before the first call marker, less a tail that could still become one, less half a
+    multi-byte character."""
+    starts = [i for i in (text.find(m) for m in markers) if i >= 0]
     if starts:
         return min(starts)
-    return len(text) - max(held_back(text, s.marker) for s in syntaxes) - text.endswith("\ufffd")
+    return len(text) - max(held_back(text, m) for m in markers) - text.endswith("\ufffd")

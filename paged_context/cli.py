@@ -45,7 +45,7 @@ COMMANDS = {
         "then every command runs offline",
     ),
     "chat": (
-        "paged_context.chat",
+        "paged_context.serve.chat",
         "chat in the terminal with paging on the transformers engine; shows per turn the pages resident, "
         "evicted, prefetched and recalled, and the prompt tokens saved",
     ),

@@ -2,17 +2,21 @@
 
 A page is a run of whole turns. Segmentation never splits a turn, and never separates an
 assistant turn that calls tools from the tool results that answer it: those form one
-*atom*, and boundaries only fall between atoms. Every strategy decides from the past
-alone, so segmenting a prefix of a conversation yields the same closed pages as
+*atom*, and boundaries only fall between atoms. The one exception is a turn too long for
+any page (a file dump of 20,000 tokens): `split_long` cuts it into parts first, each part
+pages like a turn, and the store keeps the turn whole. Every strategy decides from the
+past alone, so segmenting a prefix of a conversation yields the same closed pages as
 segmenting the whole of it (the last page of a prefix is the open one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .calls import ToolCall
 from .text import TokenCounter, approx_tokens, jaccard, words
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -26,15 +30,31 @@ class Turn:
     speaker: str | None = None  # a display name, when the conversation has named speakers
     session: int | None = None  # LoCoMo session number
     dia_id: str | None = None  # LoCoMo dialogue id, "D3:7"
-    tool_call_ids: tuple[str, ...] = ()  # on an assistant turn: the tool calls it makes
+    tool_calls: tuple[ToolCall, ...] = ()  # on an assistant turn: the tool calls it makes
     tool_call_id: str | None = None  # on a tool turn: the call it answers
+    part: tuple[int, int] | None = None  # (k, n): part k of n of a turn too long for a page
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"turn {self.index}: role must be one of {ROLES}, got {self.role!r}")
 
+    @property
+    def tool_call_ids(self) -> tuple[str, ...]:
+        return tuple(call.id for call in self.tool_calls)
+
+    @property
+    def said(self) -> str:
+        """The text with the calls it makes, as a reader would want them."""
+        calls = " ".join(f"{c.name}({c.arguments})" for c in self.tool_calls)
+        return f"{self.text}\n{calls}".strip() if calls else self.text
+
+    @property
+    def content(self) -> str:
+        """The text as a prompt shows it: a part says which part it is."""
+        return self.text if self.part is None else f"[part {self.part[0]} of {self.part[1]}]\n{self.text}"
+
     def render(self) -> str:
-        return f"{self.speaker or self.role}: {self.text}"
+        return f"{self.speaker or self.role}: {self.said if self.part is None else self.content}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +74,7 @@ class Page:
     @property
     def text(self) -> str:
         """What was said, without speaker labels (what keywords are drawn from)."""
-        return "\n".join(t.text for t in self.turns)
+        return "\n".join(t.said for t in self.turns)
 
     def render(self) -> str:
         return "\n".join(t.render() for t in self.turns)
@@ -72,10 +92,45 @@ def atoms(turns: Sequence[Turn]) -> list[list[Turn]]:
         if answers_open_call:
             groups[-1].append(turn)
             open_calls.discard(turn.tool_call_id)
+        elif turn.part is not None and turn.part[0] > 1:
+            groups.append([turn])  # a later part of a long turn: a boundary may fall before it
         else:
             groups.append([turn])
             open_calls = set(turn.tool_call_ids)
     return groups
+
+
+def split_long(turn: Turn, max_tokens: int, count_tokens: TokenCounter = approx_tokens) -> list[Turn]:
+    """The turn as paging units: itself, or parts of about `max_tokens` tokens each, cut at
+    line ends where lines allow. Calls stay on the last part, after the text they follow."""
+    if count_tokens(turn.text) <= max_tokens:
+        return [turn]
+    pieces, current, size = [], "", 0
+    for line in _short_lines(turn.text, max_tokens, count_tokens):
+        n = count_tokens(line)
+        if current and size + n > max_tokens:
+            pieces.append(current)
+            current, size = "", 0
+        current, size = current + line, size + n
+    pieces.append(current)
+    last = len(pieces)
+    return [
+        dataclasses.replace(turn, text=piece, part=(k, last), tool_calls=turn.tool_calls if k == last else ())
+        for k, piece in enumerate(pieces, start=1)
+    ]
+
+
+def _short_lines(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[str]:
+    """The text's lines (ends kept), a line over `max_tokens` cut into character runs."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        n = count_tokens(line)
+        if n <= max_tokens:
+            out.append(line)
+            continue
+        step = max(1, int(len(line) * max_tokens * 0.9 / n))  # characters per piece, with room for uneven tokens
+        out += [line[i : i + step] for i in range(0, len(line), step)]
+    return out
 
 
 # A boundary rule sees the turns of the page being filled and the next atom, and says

@@ -55,7 +55,7 @@ class RecallError(ValueError):
     """A recall call that cannot be served; str(error) is the tool result for the model."""
 
 
-def _ranges(ids: Collection[int]) -> str:
+def ranges(ids: Collection[int]) -> str:
     """'1-4, 7, 9-10': the recallable pages, short enough for a prompt."""
     out: list[str] = []
     for i in sorted(ids):
@@ -115,7 +115,7 @@ def parse_recall_arguments(
             problems.append(f"there is no evicted page {v}")
         seen.add(v)
     if problems:
-        raise RecallError(f"recall error: {'; '.join(problems)}. Pages you can recall: {_ranges(evicted)}.")
+        raise RecallError(f"recall error: {'; '.join(problems)}. Pages you can recall: {ranges(evicted)}.")
     return numbers
 
 

@@ -8,13 +8,17 @@ bookmark, frozen when the page closed so the rendered prompt stays byte-stable. 
 new request the controller may prefetch a few evicted pages, and the model may recall
 others with the `recall` tool.
 
+Turns are paged in units: a turn, or a part of a turn too long for a page (a large tool
+result is paged in parts; the store keeps it whole). An assistant turn that calls tools
+stays with the tool results that answer it.
+
 The rendered prompt, deterministic for a given state, is a list of chat messages:
 
     system: instructions
     the turns of the resident pages, as the original messages, in conversation order
     the turns not yet paged (the open page and the most recent turns)
     system: bookmarks of the evicted pages, and the prefetched pages
-    user: the new request
+    the request: the new user message, or the tool call and the results it is answered with
     (assistant recall call / tool result, per recall round)
 
 Resident pages stay the original messages so a page closing changes no token, and
@@ -29,21 +33,22 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from . import keywords
 from .bookmarks import Bookmark
-from .calls import CallSyntax
-from .pages import Page, Turn, boundary, segment
+from .calls import ToolCall
+from .pages import Page, Turn, atoms, boundary, segment, split_long
 from .policies import NAMES as POLICY_NAMES, Policy, ResidentSet, make_policy
-from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall
+from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
 
 
 MAX_CALL_CHARS = 300
+_INT_RANGES = {"part_tokens": (16, 1 << 16)}
 
 
 @dataclass(frozen=True)
 class PagingConfig:
     boundary: str = "tokens_512"  # how older turns are cut into pages
-    recent_turns: int = 4  # the newest turns are never paged
+    recent_turns: int = 4  # the newest turns (or parts of a long one) are never paged
     resident_high: int = 6  # when more pages than this are resident...
     resident_low: int = 4  # ...evict down to this many (watermarks)
     prefetch_budget: int = 3  # pages the controller may bring back per request (0: none)
@@ -51,6 +56,7 @@ class PagingConfig:
     keywords: str = "distinctive"
     keyword_count: int = 4
     policy: str = "learned"
+    part_tokens: int = 512  # a turn longer than this is paged in parts of about this size
 
     def __post_init__(self) -> None:
         if not 1 <= self.resident_low <= self.resident_high:
@@ -67,8 +73,9 @@ class PagingConfig:
             raise ValueError(f"unknown paging option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
         for name, value in options.items():
             if fields[name] == "int":
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
-                    raise ValueError(f"paging option {name} must be an integer between 0 and 1000, got {value!r}")
+                low, high = _INT_RANGES.get(name, (0, 1000))
+                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                    raise ValueError(f"paging option {name} must be an integer between {low} and {high}, got {value!r}")
             elif not isinstance(value, str):
                 raise ValueError(f"paging option {name} must be a string, got {value!r}")
         config = dataclasses.replace(self, **options)
@@ -93,21 +100,31 @@ class Message:
     role: str
     content: str
     segment: str  # what part of the layout it belongs to: "system", "page:3", "turn:17", "note", ...
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass
 class Request:
-    """One request being answered: what the controller planned, and the recall rounds so far."""
+    """One request being answered: what the controller planned, and the rounds the server
+    served so far (recall calls, and calls it had to refuse)."""
 
-    text: str
+    query: str  # what the request asks: the new user message, or the tool results being answered
     prefetched: tuple[int, ...]
     evicted_now: tuple[int, ...]  # pages this request's planning evicted
     instructions: str = ""  # the client's system messages for this request
     recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
+    folded: int = 0  # the oldest bookmarks listed by page number only, so the prompt fits
 
     @property
     def recalled(self) -> tuple[int, ...]:
         return tuple(p for _, _, ids in self.recalls for p in ids)
+
+    def add_round(self, call: str, result: str, page_ids: tuple[int, ...] = ()) -> None:
+        """A call the server answered; no page ids means the result is an error."""
+        if len(call) > MAX_CALL_CHARS:  # a runaway call must not flood the next prompt
+            call = call[:MAX_CALL_CHARS] + " …(cut)"
+        self.recalls.append((call, result, page_ids))
 
 
 def instructions(tool_syntax: str | None, client: str = "", paged: bool = True) -> str:
@@ -147,6 +164,7 @@ class PagedSession:
         self.store = store
         self.count_tokens = count_tokens
         self.turns: list[Turn] = []
+        self.units: list[Turn] = []  # what pages are made of: turns, long ones in parts
         self.pages: dict[int, Page] = {}
         self.bookmarks: dict[int, Bookmark] = {}
         self.policy = policy or make_policy(config.policy)
@@ -159,6 +177,7 @@ class PagedSession:
         self.policy.attach([])
         if store is not None:
             self.turns = store.turns(session_id)
+            self.units = [u for t in self.turns for u in split_long(t, config.part_tokens, count_tokens)]
             self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
             self._close_pages()  # replay: the pages follow from the turns again
             for ref in store.references(session_id):
@@ -173,14 +192,17 @@ class PagedSession:
         if self.store is not None:
             self.store.append_turns(self.id, [turn])
         self.turns.append(turn)
+        self.units += split_long(turn, self.config.part_tokens, self.count_tokens)
         return turn
 
     # --- plan ---------------------------------------------------------------------------
 
-    def _close_pages(self) -> list[int]:
-        """Turn complete pages of the older turns into pages; returns the ids evicted to
-        make room."""
-        older = self.turns[: max(len(self.turns) - self.config.recent_turns, 0)]
+    def _close_pages(self, recent: int | None = None) -> list[int]:
+        """Turn complete pages of the units before the `recent` last ones (the config's
+        recent turns by default) into pages; returns the ids evicted to make room. The
+        last unit is never paged: a request always shows what it answers."""
+        recent = self.config.recent_turns if recent is None else recent
+        older = self.units[: max(len(self.units) - max(recent, 1), 0)]
         closed = segment(older, self.config.boundary, self.count_tokens)[:-1]  # the last one is still open
         new = [p for p in closed if p.id not in self.pages]
         if not new:
@@ -205,8 +227,9 @@ class PagedSession:
 
     @property
     def paged_until(self) -> int:
-        """Turns before this index live in pages; the rest are rendered as they are."""
-        return max((p.last_turn + 1 for p in self.pages.values()), default=0)
+        """Units before this position live in pages (pages cover the conversation from its
+        start); the rest are rendered as they are."""
+        return sum(len(p.turns) for p in self.pages.values())
 
     def evicted(self) -> list[int]:
         return sorted(p for p in self.pages if p not in self.resident and p not in self.pinned)
@@ -220,22 +243,38 @@ class PagedSession:
             self.store.record_references(self.id, self.resident.step, [page_id], "pin" if pinned else "unpin")
 
     def ask(self, text: str, instructions: str = "", **fields) -> Request:
-        """Take a new user turn (stored first), page what has become old, and let the
-        controller prefetch for it. `instructions`: the client's system prompt."""
+        """Take a new user turn (stored first) and plan the request for it."""
         self.add_turn("user", text, **fields)
+        return self.plan(instructions)
+
+    def plan(self, instructions: str = "") -> Request:
+        """Plan the request for the turns added last (a user message, or tool results): page
+        what has become old, and let the controller prefetch for what the request asks.
+        `instructions`: the client's system prompt."""
         evicted_now = tuple(self._close_pages())
-        self.policy.on_request(text)
+        query = "\n".join(t.said for t in self.turns[self._last_exchange() :])
+        self.policy.on_request(query)
         prefetched: tuple[int, ...] = ()
         if self.config.prefetch_budget > 0:
             prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
         if self.store is not None and prefetched:
             self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
-        return Request(text, prefetched, evicted_now, instructions)
+        return Request(query, prefetched, evicted_now, instructions)
+
+    def _last_exchange(self) -> int:
+        """Where the turns the request answers begin: the last user message, or the last
+        tool-calling assistant turn and the results after it."""
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.turns[i].role == "user" or self.turns[i].tool_calls:
+                return i
+        return max(len(self.turns) - 1, 0)
 
     def recall(self, request: Request, call: str, arguments: str | dict) -> str:
         """Serve a recall call: the pages as a tool result, or an error the model can read.
-        Recalled pages are referenced, so the policy learns they matter."""
-        shown = set(self.resident.keys) | set(request.prefetched) | set(request.recalled)
+        Recalled pages are referenced, so the policy learns they matter. A prefetched page
+        may be recalled: it moves from the note into the result, where making room for
+        the prompt cannot drop it."""
+        shown = set(self.resident.keys) | self.pinned | set(request.recalled)
         try:
             ids = parse_recall_arguments(
                 arguments, [p for p in self.evicted() if p not in shown], shown, self.config.max_recall_ids
@@ -244,11 +283,10 @@ class PagedSession:
             result, ids = str(error), []
         else:
             result = render_recall([self.pages[p] for p in ids])
+            request.prefetched = tuple(p for p in request.prefetched if p not in ids)
             if self.store is not None:
                 self.store.record_references(self.id, self.resident.step, ids, "recall")
-        if len(call) > MAX_CALL_CHARS:  # a runaway call must not flood the next prompt
-            call = call[:MAX_CALL_CHARS] + " …(cut)"
-        request.recalls.append((call, result, tuple(ids)))
+        request.add_round(call, result, tuple(ids))
         return result
 
     def render_within(
@@ -264,18 +302,29 @@ class PagedSession:
             if not self.make_room(request):
                 raise ValueError(
                     f"the recent turns alone need {len(tokens)} tokens, over the budget of {budget}: "
-                    "lower max_tokens, or page sooner (fewer recent turns, smaller pages)"
+                    "lower max_tokens, or use smaller pages (part_tokens, the page size)"
                 )
 
     def make_room(self, request: Request) -> bool:
         """Shrink the prompt when it does not fit the model's window: first drop the last
-        prefetched page, then evict the policy's next victim. False when nothing is left
-        to drop (the recent turns alone are too long)."""
+        prefetched page, then evict the policy's next victim, then page recent turns
+        sooner (long tool results), then show the oldest bookmarks by page number only (a
+        quarter more each time). False when nothing is left to drop (the last message
+        alone is too long)."""
         if request.prefetched:
             request.prefetched = request.prefetched[:-1]
             return True
         if len(self.resident):
             request.evicted_now += tuple(self.resident.shrink(len(self.resident) - 1))
+            return True
+        paged = self.paged_until
+        for recent in range(len(self.units) - paged - 1, 0, -1):
+            request.evicted_now += tuple(self._close_pages(recent))
+            if self.paged_until > paged:
+                return True
+        marked = len([p for p in self.evicted() if p not in request.prefetched]) - request.folded
+        if marked > 0:
+            request.folded += max(1, marked // 4)
             return True
         return False
 
@@ -283,30 +332,17 @@ class PagedSession:
         """Evicted pages this request has not seen yet: what a recall call may name."""
         return [p for p in self.evicted() if p not in request.prefetched and p not in request.recalled]
 
-    def take_output(self, request: Request, syntax: CallSyntax, text: str, may_call: bool, serve: bool = True) -> tuple[str, tuple[str, str] | None]:
-        """One generation round's output: the text to show, and the recall call in it as
-        (call, arguments), served unless `serve` is False (the client handles it). A
-        call is cut off, and None returned, when no more calls may be made."""
-        found = syntax.find(text)
-        if found is None:
-            return text, None
-        start, call, arguments = found
-        if not may_call:
-            return text[:start], None
-        if serve:
-            self.recall(request, call, arguments)
-        return text[:start], (call, arguments)
-
-    def finish(self, request: Request, answer: str) -> Turn:
-        """Record the answer. Pages the model recalled become resident again (compacting
-        first if they would not fit); prefetched pages stay a per-request extra, so the
-        resident layout, and the KV cache behind it, does not churn with every question."""
+    def finish(self, request: Request, answer: str, tool_calls: tuple[ToolCall, ...] = ()) -> Turn:
+        """Record the answer (with the calls it makes to the client's tools). Pages the
+        model recalled become resident again (compacting first if they would not fit);
+        prefetched pages stay a per-request extra, so the resident layout, and the KV
+        cache behind it, does not churn with every question."""
         back = [p for p in dict.fromkeys(request.recalled) if p not in self.resident]
         if len(self.resident) + len(back) > self.config.resident_high:
             self.resident.shrink(max(min(self.config.resident_low, self.config.resident_high - len(back)), 0))
         for page_id in back:
             self.resident.access(page_id)
-        return self.add_turn("assistant", answer)
+        return self.add_turn("assistant", answer, tool_calls=tuple(tool_calls))
 
     # --- render -------------------------------------------------------------------------
 
@@ -314,21 +350,27 @@ class PagedSession:
         """The prompt for `request`, the last turn asked."""
         messages = [Message("system", instructions(tool_syntax, request.instructions, bool(self.pages)), "system")]
         for page_id in sorted(set(self.resident.keys) | self.pinned):
-            messages += [Message(t.role, t.text, f"page:{page_id}") for t in self.pages[page_id].turns]
-        messages += [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns[self.paged_until : -1]]
+            messages += [_message(t, f"page:{page_id}") for t in self.pages[page_id].turns]
+        recent = self.units[self.paged_until :]
+        asked = len(recent) - len(atoms(recent)[-1]) if recent else 0  # the exchange being answered...
+        while 0 < asked < len(recent) and recent[asked - 1].index == recent[asked].index:
+            asked -= 1  # ...with every part of its first turn still in view
+        messages += [_message(t, f"turn:{t.index}") for t in recent[:asked]]
         note = self._note(request)
         if note:
             messages.append(Message("system", note, "note"))
-        messages.append(Message("user", request.text, f"turn:{len(self.turns) - 1}"))
+        messages += [_message(t, f"turn:{t.index}") for t in recent[asked:]]
         for i, (call, result, _) in enumerate(request.recalls):
             messages += [Message("assistant", call, f"recall:{i}"), Message("tool", result, f"recall:{i}")]
         return messages
 
     def _note(self, request: Request) -> str:
         parts = []
-        marks = [self.bookmarks[p].render() for p in self.evicted() if p not in request.prefetched]
-        if marks:
-            parts.append("Bookmarks of pages out of view: " + " ".join(marks))
+        out = [p for p in self.evicted() if p not in request.prefetched]
+        if out:
+            folded, marked = out[: request.folded], out[request.folded :]
+            older = [f"Older pages {ranges(folded)} (recall them by number)."] if folded else []
+            parts.append(" ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in marked)]))
         if request.prefetched:
             parts.append("Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched]))
         return "\n\n".join(parts)
@@ -338,7 +380,7 @@ class PagedSession:
     def unpaged(self) -> list[Message]:
         """The whole history as one prompt, as a client without paging would send it."""
         system = Message("system", "You are a helpful assistant.", "system")
-        return [system] + [Message(t.role, t.text, f"turn:{t.index}") for t in self.turns]
+        return [system] + [_message(t, f"turn:{t.index}") for t in self.turns]
 
     def report(self, request: Request, prompt_tokens: int, history_tokens: int) -> dict:
         """The paging block of a response; `history_tokens` is the size of the unpaged prompt."""
@@ -357,3 +399,6 @@ class PagedSession:
             "prompt_tokens_saved": max(history_tokens - prompt_tokens, 0),
         }
 
+
+def _message(turn: Turn, segment: str) -> Message:
+    return Message(turn.role, turn.content, segment, turn.tool_calls, turn.tool_call_id)

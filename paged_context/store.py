@@ -14,11 +14,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .bookmarks import Bookmark
+from .calls import ToolCall
 from .pages import Page, Turn
 from .text import TokenCounter, approx_tokens
 
@@ -102,7 +103,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
-    session_no INTEGER, dia_id TEXT, tool_call_ids TEXT NOT NULL, tool_call_id TEXT,
+    session_no INTEGER, dia_id TEXT, tool_calls TEXT NOT NULL, tool_call_id TEXT,
     PRIMARY KEY (session_id, idx));
 CREATE TABLE IF NOT EXISTS pages (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -117,6 +118,11 @@ CREATE TABLE IF NOT EXISTS refs (
     step INTEGER NOT NULL, page_id INTEGER NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS refs_by_session ON refs (session_id, step);
 """
+
+
+def _calls(stored: str) -> tuple[ToolCall, ...]:
+    # stores written before whole calls were kept hold their ids only
+    return tuple(ToolCall("", "", c) if isinstance(c, str) else ToolCall(**c) for c in json.loads(stored))
 
 
 class SQLiteStore(PageStore):
@@ -137,6 +143,9 @@ class SQLiteStore(PageStore):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
             if "config" not in columns:  # a store written before sessions had their own options
                 self._db.execute("ALTER TABLE sessions ADD COLUMN config TEXT")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+            if "tool_call_ids" in columns:  # a store written before turns kept whole calls (ids only)
+                self._db.execute("ALTER TABLE turns RENAME COLUMN tool_call_ids TO tool_calls")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -189,16 +198,16 @@ class SQLiteStore(PageStore):
                     raise StoreError(f"session {session_id!r}: turn index {t.index} does not continue the {count + offset} stored turns")
             db.executemany(
                 "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(session_id, t.index, t.role, t.text, t.speaker, t.session, t.dia_id, json.dumps(t.tool_call_ids), t.tool_call_id) for t in turns],
+                [(session_id, t.index, t.role, t.text, t.speaker, t.session, t.dia_id, json.dumps([asdict(c) for c in t.tool_calls]), t.tool_call_id) for t in turns],
             )
 
     def turns(self, session_id, start=0, stop=None):
         rows = self._read(
-            "SELECT idx, role, text, speaker, session_no, dia_id, tool_call_ids, tool_call_id FROM turns "
+            "SELECT idx, role, text, speaker, session_no, dia_id, tool_calls, tool_call_id FROM turns "
             "WHERE session_id = ? AND idx >= ? AND (? IS NULL OR idx < ?) ORDER BY idx",
             (session_id, start, stop, stop),
         )
-        return [Turn(i, role, text, speaker, sess, dia, tuple(json.loads(calls)), call) for i, role, text, speaker, sess, dia, calls, call in rows]
+        return [Turn(i, role, text, speaker, sess, dia, _calls(calls), call) for i, role, text, speaker, sess, dia, calls, call in rows]
 
     def save_pages(self, session_id, pages):
         with self._transaction() as db:

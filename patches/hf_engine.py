@@ -1,47 +1,28 @@
-"""The transformers engine: a paged session answered by a local model, with recall rounds
-and KV restore. Runs on CPU or one GPU; no vLLM."""
+"""The transformers engine: runs the rounds of `paged_context.answering` on a local model,
+restoring each prompt's known prefix from the KV cache manager. CPU or one GPU; no vLLM.
+Paging itself (what to render, which calls to serve) is the answering loop's."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-import time
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-from paged_context.calls import HERMES, PLAIN, CallSyntax
-from paged_context.recall import recall_tool
+from paged_context.answering import Answering, Generated, Reply, Round, Sampling, TextStream
+from paged_context.messages import Tools
 from paged_context.session import Message, PagedSession, PagingConfig, Request
 from paged_context.store import PageStore
+from paged_context.templates import ChatTemplate
 
-from .hf_generation import AnswerStream, LogitBias, RecallConstraint, RecallStop
+from .hf_generation import AnswerStream, LogitBias, RecallConstraint, schema_constraint
 from .kv_cache import KVCacheManager
 from .kv_pool import HostKVPool
-
-
-@dataclass
-class Reply:
-    text: str
-    paging: dict
-    usage: dict
-    rendered: list[Message] = field(repr=False, default_factory=list)  # the last prompt, for inspection
-    call: tuple[str, str] | None = None  # an unserved recall call (call, arguments) for the client
-
-
-def call_syntax(tokenizer) -> CallSyntax:
-    """A template that renders `tools` knows a native tool-call format (Hermes for the
-    families that ship one); otherwise the system prompt teaches the plain form."""
-    return HERMES if "tools" in (tokenizer.chat_template or "") else PLAIN
-
-
-def render_chat(tokenizer, syntax: CallSyntax, messages: list[Message], generation_prompt: bool = True) -> str:
-    """The prompt text of paged messages, through the model's own chat template."""
-    chat = [{"role": m.role, "content": m.content} for m in messages]
-    tools = [recall_tool()] if syntax is HERMES else None
-    return tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 class HFEngine:
@@ -56,23 +37,24 @@ class HFEngine:
         max_recall_rounds: int = 2,
         kv_host_limit_bytes: int | None = 1 << 30,
     ):
+        """`max_new_tokens`, `repetition_penalty`: the sampling defaults of `reply`."""
         from paged_context.models.default_model import resolve
 
         self.path = resolve(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
-        self.syntax = call_syntax(self.tokenizer)
+        self.template = ChatTemplate(self.tokenizer)
+        self.syntax = self.template.syntax
         self.window = int(getattr(self.model.config, "max_position_embeddings", 8192))
         self.kv_mode = kv_mode
-        self.max_new_tokens = max_new_tokens
-        self.repetition_penalty = repetition_penalty
+        self.sampling = Sampling(max_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
         self.max_recall_rounds = max_recall_rounds
         self.kv_pool = HostKVPool(self.device, kv_host_limit_bytes)  # all sessions' snapshots; the least recently used go first
         self.caches: dict[str, KVCacheManager] = {}
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return self.template.count_tokens(text)
 
     def session(self, session_id: str, config: PagingConfig = PagingConfig(), store: PageStore | None = None, **kw) -> PagedSession:
         return PagedSession(session_id, config, store, self.count_tokens, **kw)
@@ -82,32 +64,14 @@ class HFEngine:
         if (kv := self.caches.pop(session_id, None)) is not None:
             kv.close()
 
-    # --- prompt -> tokens -----------------------------------------------------------------
-
-    def _chat(self, messages: list[Message], generation_prompt: bool) -> str:
-        return render_chat(self.tokenizer, self.syntax, messages, generation_prompt)
-
-    def encode(self, messages: list[Message]) -> tuple[list[int], list[int]]:
-        """Token ids of the prompt, and the token positions where its segments end (where
-        the KV cache manager snapshots)."""
-        text = self._chat(messages, True)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [a for a, _ in enc["offset_mapping"]]
-        boundaries = []
-        for i in range(1, len(messages)):
-            if messages[i].segment.split(":")[0] == messages[i - 1].segment.split(":")[0] == "turn":
-                continue  # consecutive recent turns need no boundary of their own
-            prefix = self._chat(messages[:i], False)
-            if text.startswith(prefix):
-                boundaries.append(bisect.bisect_left(starts, len(prefix)))
-        return enc["input_ids"], sorted(set(b for b in boundaries if 0 < b < len(enc["input_ids"])))
-
     def complete(self, prompt: str, max_new_tokens: int) -> str:
         """A plain greedy answer to one user message (no paging): for keyword strategies."""
-        ids = self.tokenizer(self._chat([Message("user", prompt, "task")], True), add_special_tokens=False, return_tensors="pt").input_ids
+        ids = self.template.encode([Message("user", prompt, "task")])
         with torch.no_grad():
-            out = self.model.generate(ids.to(self.device), max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=self.repetition_penalty)
-        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            out = self.model.generate(
+                torch.tensor([ids], device=self.device), max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=self.sampling.repetition_penalty
+            )
+        return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
     # --- one request ------------------------------------------------------------------
 
@@ -122,60 +86,117 @@ class HFEngine:
         on_text: Callable[[str], None] | None = None,
         max_new_tokens: int | None = None,
         logit_bias: dict[int, float] | None = None,
+        sampling: Sampling | None = None,
+        tools: Tools = Tools(),
         expose_recall: bool = False,
     ) -> Reply:
-        """Render, generate, serve recall calls (bounded rounds), record the answer.
-        `on_text` receives the answer as it is generated; `logit_bias` adds to the logits
-        of the given token ids, as in the OpenAI API. With `expose_recall` a recall call
-        ends the request unanswered, returned in `Reply.call` for the client to handle."""
-        kv = self.caches.setdefault(session.id, KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool))
-        limit = max_new_tokens or self.max_new_tokens
-        answer, usage = "", {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0, "seconds": 0.0}
-        started = time.perf_counter()
-        for round_ in range(self.max_recall_rounds + 1):
-            plain = lambda m: self.tokenizer(self._chat(m, True), add_special_tokens=False).input_ids  # noqa: E731
-            messages, _ = session.render_within(request, self.syntax.instruction(), plain, self.window - limit)
-            ids, boundaries = self.encode(messages)  # again, with the offsets the boundaries need
-            generated, reused = self._generate(
-                kv, ids, boundaries, session, request, limit, on_text, logit_bias, allow_calls=round_ < self.max_recall_rounds
-            )
-            usage["prompt_tokens"] = len(ids)
-            usage["cached_tokens"] += reused
-            usage["completion_tokens"] += len(generated)
-            usage["rounds"] = round_ + 1
-            out = self.tokenizer.decode(generated, skip_special_tokens=True)
-            shown, call = session.take_output(request, self.syntax, out, round_ < self.max_recall_rounds, serve=not expose_recall)
-            answer += shown
-            if call is None or expose_recall:
-                break
-        answer = answer.strip()
-        history_tokens = len(self.encode(session.unpaged())[0])  # what the unpaged prompt would have cost
-        if not (expose_recall and call):
-            session.finish(request, answer)
-        usage["seconds"] = time.perf_counter() - started
-        paging = session.report(request, usage["prompt_tokens"], history_tokens)
-        paging["kv"] = asdict(kv.stats())
-        return Reply(answer, paging, usage, messages, call if expose_recall else None)
+        """Answer a planned request: render, generate, serve recall calls (bounded rounds),
+        record the answer. `on_text` receives the answer as it is generated (never a
+        call); `max_new_tokens` and `logit_bias` (token id -> amount added to its logit,
+        as in the OpenAI API) override the engine's sampling defaults, `sampling` replaces
+        them. With `expose_recall` a recall call ends the request unanswered, returned in
+        `Reply.tool_calls` for the client to handle."""
+        sampling = sampling or Sampling(
+            max_new_tokens or self.sampling.max_tokens, logit_bias=logit_bias, repetition_penalty=self.sampling.repetition_penalty
+        )
+        answering = Answering(session, request, self.template, self.window, sampling, tools, self.max_recall_rounds, expose_recall)
+        stream = TextStream(on_text)
+        while (round_ := answering.next_round()) is not None:
+            generated = self.generate(round_, session, lambda text: stream.update(round_, text))
+            stream.flush(answering.take(generated))
+        reply = answering.reply()
+        reply.paging["kv"] = asdict(self.caches[session.id].stats())
+        return reply
 
-    def _generate(self, kv: KVCacheManager, ids, boundaries, session, request: Request, limit: int, on_text, logit_bias, allow_calls: bool):
+    def generate(self, round_: Round, session: PagedSession, on_text: Callable[[str], None] | None = None) -> Generated:
+        """Run one round: restore the prompt's known prefix, generate under the round's
+        sampling, constraints and stop strings, and snapshot the KV for the next one.
+        `on_text` receives the text generated so far as it grows."""
+        kv = self.caches.get(session.id)
+        if kv is None:
+            kv = self.caches[session.id] = KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool)
+        ids, sampling = round_.prompt, round_.sampling
+        boundaries = self.boundaries(round_.messages, ids)
         cache, reused = kv.cache_for(ids, boundaries)
+        processors = [LogitBias(sampling.logit_bias)] if sampling.logit_bias else []
+        if round_.recall is not None:  # after the bias, so a bias cannot push a call off its grammar
+            processors.append(RecallConstraint(self.tokenizer, self.syntax, round_.recall.allowed, round_.recall.max_ids, len(ids), round_.recall.shared))
+        if round_.schema is not None and (constraint := schema_constraint(self.tokenizer, self.model.config.vocab_size, round_.schema)):
+            processors.append(constraint)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        sample = sampling.temperature > 0
         prompt = torch.tensor([ids], device=self.device)
-        processors = [LogitBias(logit_bias)] if logit_bias else []
-        if allow_calls:  # after the bias, so a bias cannot push a call off its grammar
-            processors.append(RecallConstraint(self.tokenizer, self.syntax, session.recallable(request), session.config.max_recall_ids, len(ids)))
-        stops = [RecallStop(self.tokenizer, self.syntax, len(ids))]
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),
                 past_key_values=cache,
-                max_new_tokens=limit,
-                do_sample=False,
-                repetition_penalty=self.repetition_penalty,
+                max_new_tokens=sampling.max_tokens,
+                do_sample=sample,
+                temperature=sampling.temperature if sample else None,
+                top_p=sampling.top_p if sample else None,
+                top_k=None,
+                repetition_penalty=sampling.repetition_penalty,
                 logits_processor=LogitsProcessorList(processors),
-                stopping_criteria=StoppingCriteriaList(stops),
-                streamer=AnswerStream(self.tokenizer, self.syntax, on_text) if on_text else None,
+                stop_strings=list(round_.stop) or None,
+                tokenizer=self.tokenizer,
+                streamer=AnswerStream(self.tokenizer, on_text) if on_text else None,
                 pad_token_id=self.tokenizer.eos_token_id,
             )
         kv.remember(ids, cache, boundaries)
-        return out[0, len(ids) :].tolist(), reused
+        generated = out[0, len(ids) :].tolist()
+        truncated = len(generated) >= sampling.max_tokens and generated[-1] != self.tokenizer.eos_token_id
+        return Generated(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), reused, truncated)
+
+    def boundaries(self, messages: list[Message], ids: list[int]) -> list[int]:
+        """The token positions where the prompt's segments end: where the KV cache manager
+        snapshots, so a later prompt that shares the segments up to there restores them."""
+        text = self.template.text(messages)
+        starts = [a for a, _ in self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+        found = []
+        for i in range(1, len(messages)):
+            if messages[i].segment.split(":")[0] == messages[i - 1].segment.split(":")[0] == "turn":
+                continue  # consecutive recent turns need no boundary of their own
+            prefix = self.template.text(messages[:i], generation_prompt=False)
+            if text.startswith(prefix):
+                found.append(bisect.bisect_left(starts, len(prefix)))
+        return sorted(set(b for b in found if 0 < b < len(ids)))
+
+
+class AsyncHFEngine:
+    """The transformers engine for an event loop (the server, `PagedLLM`): each round runs
+    in a worker thread, one at a time, so the loop keeps serving other requests."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+        self.template, self.window = engine.template, engine.window
+        self.lock = asyncio.Lock()  # one model, one generation at a time
+        self.forgetting: set[asyncio.Task] = set()  # deleted sessions waiting for the running round
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def forget(self, session_id: str) -> None:
+        """Drop a deleted session's KV, at once when no round is running, else right after
+        it (the KV pool is the worker thread's while a round runs). On the loop's thread."""
+        if not self.lock.locked():
+            self.engine.forget(session_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._forget(session_id))
+        self.forgetting.add(task)
+        task.add_done_callback(self.forgetting.discard)
+
+    async def _forget(self, session_id: str) -> None:
+        async with self.lock:
+            self.engine.forget(session_id)
+
+    async def complete(self, prompt: str, max_tokens: int) -> str:
+        async with self.lock:
+            return await asyncio.to_thread(self.engine.complete, prompt, max_tokens)
+
+    async def generate(self, round_: Round, session: PagedSession, on_text: Callable[[str], None] | None = None) -> Generated:
+        loop = asyncio.get_running_loop()
+        relay = None if on_text is None else functools.partial(loop.call_soon_threadsafe, on_text)
+        async with self.lock:  # relayed text is queued on the loop before the round's result
+            return await asyncio.to_thread(self.engine.generate, round_, session, relay)

@@ -1,17 +1,18 @@
-"""Hooks into transformers' `generate` for recall calls: stop when a call is complete,
-constrain a call's arguments once it has begun, and stream the answer without ever
-showing a call."""
+"""Hooks into transformers' `generate`: constrain a recall call's arguments once it has
+begun, constrain a forced tool call to its JSON schema, add a logit bias, and pass the
+text on as it is generated."""
 
 from __future__ import annotations
 
 import functools
+import json
 from typing import Callable, Collection
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
-from paged_context.calls import CallGrammar, CallSyntax, visible_end
+from paged_context.calls import CallGrammar, CallSyntax
 
 
 @functools.lru_cache(maxsize=4)
@@ -20,28 +21,21 @@ def _grammar(tokenizer, syntax: CallSyntax) -> CallGrammar:
     return CallGrammar(syntax, tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
 
 
-class _Generated:
-    """Decodes what a row has generated so far (everything after the prompt)."""
-
-    def __init__(self, tokenizer, prompt_length: int):
-        self.tokenizer, self.prompt_length = tokenizer, prompt_length
-
-    def text(self, input_ids: torch.LongTensor, row: int) -> str:
-        return self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
-
-
-class RecallConstraint(LogitsProcessor, _Generated):
+class RecallConstraint(LogitsProcessor):
     """Once a recall call has begun, only tokens that keep it a well-formed call naming
-    distinct recallable pages are allowed: even a tiny model cannot write a bad call."""
+    distinct recallable pages are allowed: even a tiny model cannot write a bad call.
+    `shared`: the client's tools open calls with the same marker, so only a call that
+    names recall is constrained."""
 
-    def __init__(self, tokenizer, syntax: CallSyntax, allowed: Collection[int], max_ids: int, prompt_length: int):
-        _Generated.__init__(self, tokenizer, prompt_length)
+    def __init__(self, tokenizer, syntax: CallSyntax, allowed: Collection[int], max_ids: int, prompt_length: int, shared: bool = False):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
         self.grammar = _grammar(tokenizer, syntax)
-        self.allowed, self.max_ids = set(allowed), max_ids
+        self.allowed, self.max_ids, self.shared = set(allowed), max_ids, shared
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            partial = self.grammar.partial(self.text(input_ids, row))
+            generated = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+            partial = self.grammar.partial(generated, self.shared)
             if partial is None:
                 continue
             # nothing left to name: end here, and validation will say so
@@ -64,46 +58,37 @@ class LogitBias(LogitsProcessor):
         return scores
 
 
-class RecallStop(StoppingCriteria, _Generated):
-    """Stops a row as soon as it holds a closed recall call."""
+@functools.lru_cache(maxsize=4)
+def _compiler(tokenizer, vocab_size: int):
+    import xgrammar
 
-    def __init__(self, tokenizer, syntax: CallSyntax, prompt_length: int):
-        _Generated.__init__(self, tokenizer, prompt_length)
-        self.syntax = syntax
+    return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size))
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = []
-        for row in range(input_ids.shape[0]):
-            text = self.text(input_ids, row)
-            start = text.find(self.syntax.marker)
-            done.append(start >= 0 and text.find(self.syntax.close, start + len(self.syntax.marker)) >= 0)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+def schema_constraint(tokenizer, vocab_size: int, schema: dict) -> LogitsProcessor | None:
+    """A processor that keeps the output valid JSON for `schema` (xgrammar, the library
+    vLLM uses for structured outputs); None without xgrammar, and the model writes freely."""
+    try:
+        from xgrammar.contrib.hf import LogitsProcessor as GrammarProcessor
+    except ImportError:
+        return None
+    return GrammarProcessor(_compiler(tokenizer, vocab_size).compile_json_schema(json.dumps(schema), any_whitespace=False))
 
 
 class AnswerStream(BaseStreamer):
-    """Passes generated text to `on_text` as it comes, holding back anything that could be
-    the start of a recall call and everything from a call on."""
+    """Passes the text generated so far to `on_text` each time it grows."""
 
-    def __init__(self, tokenizer, syntax: CallSyntax, on_text: Callable[[str], None]):
-        self.tokenizer, self.syntax, self.on_text = tokenizer, syntax, on_text
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
         self.ids: list[int] = []
-        self.sent = 0
         self.prompt_seen = False
-
-    def _emit(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        start = self.syntax.find(text)
-        safe = start[0] if start else len(text) if final else visible_end(text, [self.syntax])
-        if safe > self.sent:
-            self.on_text(text[self.sent : safe])
-            self.sent = safe
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() hands over the prompt first
             self.prompt_seen = True
             return
         self.ids += value.reshape(-1).tolist()
-        self._emit(final=False)
+        self.on_text(self.tokenizer.decode(self.ids, skip_special_tokens=True))
 
     def end(self) -> None:
-        self._emit(final=True)
+        pass

@@ -8,8 +8,9 @@ A request opts in through its sampling parameters,
 (from the OpenAI API: `"vllm_xargs"` with the same flat keys, since vLLM takes no nested
 values there; our server sets them). Once the request's output holds an open recall
 call, only tokens that keep it a well-formed call naming distinct allowed pages survive;
-with nothing left to name, only end of sequence does. Requests without the keys are
-untouched.
+with nothing left to name, only end of sequence does. `"paged_recall_shared": true`
+says the client's own tools open calls with the same marker (Hermes `<tool_call>`), so
+only a call that names recall is constrained. Requests without the keys are untouched.
 
 Load it with `--logits-processors paged_context.patches.vllm_logits:RecallLogitsProcessor`
 (or `LLM(..., logits_processors=[RecallLogitsProcessor])`).
@@ -34,6 +35,7 @@ class _Request:
     grammar: CallGrammar
     allowed: frozenset[int]
     max_ids: int
+    shared: bool
     output: list[int]  # vLLM's live list of generated ids
     text: str = ""
     decoded: int = 0  # how many of `output` are in `text`
@@ -47,7 +49,7 @@ class _Request:
         return self.text
 
 
-def parse_options(extra_args: dict | None) -> tuple[str, frozenset[int], int] | None:
+def parse_options(extra_args: dict | None) -> tuple[str, frozenset[int], int, bool] | None:
     """The request's recall options, or None when it did not ask for the constraint (no
     `paged_recall_syntax`). Raises ValueError (HTTP 400 at admission) when malformed."""
     extra_args = extra_args or {}
@@ -63,7 +65,10 @@ def parse_options(extra_args: dict | None) -> tuple[str, frozenset[int], int] | 
     max_ids = extra_args.get(KEY + "max_ids", 8)
     if not isinstance(max_ids, int) or isinstance(max_ids, bool) or max_ids < 1:
         raise ValueError(f"{KEY}max_ids must be a positive integer, got {max_ids!r}")
-    return syntax, frozenset(allowed), max_ids
+    shared = extra_args.get(KEY + "shared", False)
+    if not isinstance(shared, bool):
+        raise ValueError(f"{KEY}shared must be true or false, got {shared!r}")
+    return syntax, frozenset(allowed), max_ids, shared
 
 
 class RecallLogitsProcessor(LogitsProcessor):
@@ -88,10 +93,10 @@ class RecallLogitsProcessor(LogitsProcessor):
         options = parse_options(params.extra_args)
         if options is None:
             return None
-        syntax, allowed, max_ids = options
+        syntax, allowed, max_ids, shared = options
         if syntax not in self.grammars:
             self.grammars[syntax] = CallGrammar(SYNTAXES[syntax], self.token_texts)
-        return _Request(self.grammars[syntax], allowed, max_ids, output_ids)
+        return _Request(self.grammars[syntax], allowed, max_ids, shared, output_ids)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.requests, batch_update, self._new_request)
@@ -100,7 +105,7 @@ class RecallLogitsProcessor(LogitsProcessor):
         for row, request in self.requests.items():
             if row >= logits.shape[0]:
                 continue
-            partial = request.grammar.partial(request.generated(self.token_texts))
+            partial = request.grammar.partial(request.generated(self.token_texts), request.shared)
             if partial is None:
                 continue
             keep = request.grammar.next_tokens(partial, request.allowed, request.max_ids) or [self.eos]

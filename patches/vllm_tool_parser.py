@@ -10,6 +10,10 @@ JSON, and the plain `recall({...})` a template without tools is taught), returns
 as OpenAI `tool_calls` named `recall`, and never lets a call's text leak into `content`.
 Arguments are passed on as written, malformed ones included: validating them is the
 recall tool's job, and its error is what the model should read.
+
+`family_parser` goes the other way: inside the paging server, vLLM's own parser for the
+served model's family (`hermes`, `llama3_json`, `mistral`, ...) reads the calls the model
+makes to the client's tools and to recall alike.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from vllm.entrypoints.generate.base.protocol import (
 from vllm.renderers.chat_utils import make_tool_call_id
 from vllm.tool_parsers import ToolParser, ToolParserManager
 
+from paged_context import calls
 from paged_context.calls import HERMES, PLAIN, CallSyntax, visible_end
+from paged_context.messages import Tools
+from paged_context.recall import recall_tool
+from paged_context.templates import CallParser
 
 NAME = "paged_recall"
 SYNTAXES = (HERMES, PLAIN)
@@ -78,7 +86,7 @@ class PagedRecallToolParser(ToolParser):
         delta_token_ids: Sequence[int],
         request,
     ) -> DeltaMessage | None:
-        end = visible_end(current_text, SYNTAXES)
+        end = visible_end(current_text, [s.marker for s in SYNTAXES])
         content = current_text[self._sent_content : end] if end > self._sent_content else None
         self._sent_content = max(self._sent_content, end)
         deltas: list[DeltaToolCall] = []
@@ -99,3 +107,20 @@ class PagedRecallToolParser(ToolParser):
         if content or deltas:
             return DeltaMessage(content=content, tool_calls=deltas)
         return None
+
+
+def family_parser(name: str, tokenizer) -> CallParser:
+    """Calls in the model family's own format, read by vLLM's tool parser `name`."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    parser_class = ToolParserManager.get_tool_parser(name)
+
+    def parse(text: str, tools: Tools) -> tuple[str, list[calls.ToolCall]] | None:
+        offered = [recall_tool(), *({"type": "function", "function": f} for f in tools.offered)]
+        request = ChatCompletionRequest(model="paged-context", messages=[{"role": "user", "content": ""}], tools=offered)
+        result = parser_class(tokenizer, request.tools).extract_tool_calls(text, request)  # parsers keep state: one per text
+        if not result.tools_called:
+            return None
+        return result.content or "", [calls.ToolCall(c.function.name, c.function.arguments, c.id) for c in result.tool_calls]
+
+    return parse

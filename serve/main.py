@@ -38,11 +38,16 @@ def build_parser():
     g = p.add_argument_group("paged-context")
     g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
     g.add_argument("--db", type=Path, help="SQLite page store (None: $PAGED_CONTEXT_HOME/sessions.db)")
-    g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens")
+    g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens (a longer message is paged in parts of this size)")
     g.add_argument("--resident", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"), help="resident pages: compact to LOW when over HIGH")
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
     g.add_argument("--prefetch-budget", type=int, default=3, help="pages the controller may prefetch per request")
     g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
+    g.add_argument(
+        "--client-tool-parser", default="auto",
+        help="vLLM's tool parser for the served model's own call format (hermes, llama3_json, mistral, ...); "
+        "auto: hermes when the chat template renders <tool_call>, else paged-context's plain syntax; none: ours always",
+    )
     g.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     g.add_argument("--default-repetition-penalty", type=float, default=1.1, help="repetition_penalty when a request gives none (the transformers engine always uses 1.1)")
     g.add_argument("--max-request-bytes", type=int, default=8 << 20, help="largest request body accepted")
@@ -77,15 +82,18 @@ def paging_state(args, engine, tokenizer_count):
     from .sessions import SessionRegistry
 
     config = PagingConfig(
-        boundary=f"tokens_{args.page_tokens}", resident_low=args.resident[0], resident_high=args.resident[1],
+        boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1],
         policy=args.policy, prefetch_budget=args.prefetch_budget,
     )
-    from .engines import LoopBridge
+    from .sessions import LoopBridge
 
     args.db.parent.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(args.db, tokenizer_count)
-    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine))
-    return PagingState(engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes, args.default_max_tokens, args.default_repetition_penalty)
+    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine), engine.forget)
+    return PagingState(
+        engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes,
+        args.default_max_tokens, args.default_repetition_penalty, args.recall_rounds,
+    )
 
 
 def install_routes(app, state) -> None:
@@ -97,14 +105,25 @@ def install_routes(app, state) -> None:
     app.state.paging = state
 
 
+def client_tool_parser(name: str, tokenizer):
+    """vLLM's parser for the model family's tool calls, or None for our own syntax."""
+    from paged_context.templates import call_syntax
+    from paged_context.patches.vllm_tool_parser import family_parser
+
+    if name == "auto":
+        name = "hermes" if call_syntax(tokenizer).name == "hermes" and "<tool_call>" in (tokenizer.chat_template or "") else "none"
+    return None if name == "none" else family_parser(name, tokenizer)
+
+
 def serve_vllm(args) -> None:
     import uvloop
     from transformers import AutoTokenizer
     from vllm.entrypoints.launchers.api_server import entry
 
-    from .engines import VLLMEngine
+    from paged_context.patches.vllm_engine import VLLMEngine
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    parse_calls = client_tool_parser(args.client_tool_parser, tokenizer)
     build_app = entry.build_app
 
     def build_paged_app(app_args, supported_tasks=None, model_config=None):
@@ -112,7 +131,7 @@ def serve_vllm(args) -> None:
         window = model_config.max_model_len if model_config is not None else 8192
 
         # the engine client is put in app.state after the app is built
-        engine = VLLMEngine(lambda: app.state.engine_client, tokenizer, window, args.recall_rounds)
+        engine = VLLMEngine(lambda: app.state.engine_client, tokenizer, window, parse_calls)
         state = paging_state(args, engine, engine.count_tokens)
         state.sessions.complete.bind()  # the app is built inside the server's event loop
         install_routes(app, state)
@@ -127,11 +146,9 @@ def serve_hf(args) -> None:
     from fastapi import FastAPI
     from prometheus_client import make_asgi_app
 
-    from paged_context.patches.hf_engine import HFEngine
+    from paged_context.patches.hf_engine import AsyncHFEngine, HFEngine
 
-    from .engines import HFEngineAdapter
-
-    engine = HFEngineAdapter(HFEngine(args.model, max_recall_rounds=args.recall_rounds))
+    engine = AsyncHFEngine(HFEngine(args.model))
     state = paging_state(args, engine, engine.count_tokens)
 
     @contextlib.asynccontextmanager

@@ -13,18 +13,21 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
+from paged_context.answering import Sampling, answer
+from paged_context.calls import RECALL
 from paged_context.keywords import LLM_STRATEGIES
+from paged_context.messages import BadRequest, parse_tools, split_messages
 
-from .engines import Sampling
-from .sessions import BadRequest, Forbidden, SessionRegistry, TooLarge, session_id_for, split_messages
+from .sessions import Forbidden, SessionRegistry, TooLarge, session_id_for
 
 router = APIRouter()
+FLAGS = ("expose_recall", "return_prompt")  # the request's paged_context switches
 
 PAGES_EVICTED = Counter("paged_context_pages_evicted", "Pages evicted by the controller")
 PAGES_PREFETCHED = Counter("paged_context_pages_prefetched", "Evicted pages brought back by prefetch")
@@ -39,13 +42,14 @@ TURN_SECONDS = Histogram("paged_context_request_seconds", "Time to answer a page
 
 @dataclass
 class PagingState:
-    engine: object  # VLLMEngine or HFEngineAdapter
+    engine: object  # VLLMEngine or AsyncHFEngine (paged_context.answering.Engine)
     sessions: SessionRegistry
     model_names: list[str]
     api_keys: frozenset[str]
     max_request_bytes: int
     default_max_tokens: int
     default_repetition_penalty: float
+    max_rounds: int = 2  # recall rounds per request
 
 
 def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -128,6 +132,7 @@ async def chat_completions(raw: Request):
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("messages must be a list of message objects")
         exchange = split_messages(messages)
+        tools = parse_tools(body)
         sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty)
         if sampling.max_tokens > state.engine.window // 2:
             raise BadRequest(f"max_tokens={sampling.max_tokens} leaves too little of the model's window ({state.engine.window} tokens) for the conversation; at most {state.engine.window // 2}")
@@ -140,12 +145,14 @@ async def chat_completions(raw: Request):
             raise BadRequest("stream must be true or false")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
         options = body.get("paged_context") or {}
-        if not isinstance(options, dict) or not isinstance(options.get("expose_recall", False), bool):
-            raise BadRequest("paged_context must be an object; paged_context.expose_recall true or false")
-        unknown = sorted(set(options) - {"expose_recall", "paging"})
+        if not isinstance(options, dict):
+            raise BadRequest("paged_context must be an object")
+        unknown = sorted(set(options) - {*FLAGS, "paging"})
         if unknown:
-            raise BadRequest(f"unknown paged_context field(s) {', '.join(unknown)}; known: expose_recall, paging")
-        sampling = replace(sampling, expose_recall=options.get("expose_recall", False))
+            raise BadRequest(f"unknown paged_context field(s) {', '.join(unknown)}; known: {', '.join(FLAGS)}, paging")
+        for flag in FLAGS:
+            if not isinstance(options.get(flag, False), bool):
+                raise BadRequest(f"paged_context.{flag} must be true or false")
     except BadRequest as e:
         return error(e.status, str(e), "RequestTooLarge" if e.status == 413 else "BadRequestError")
     except PermissionError:
@@ -157,22 +164,31 @@ async def chat_completions(raw: Request):
     except Forbidden:
         return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
     name = model or state.model_names[0]
+    work = (state, session, exchange, sampling, tools, options.get("expose_recall", False))
+
+    def block(reply) -> dict:
+        """The response's paged_context block (with the prompt, when asked for)."""
+        shown = {**{k: v for k, v in reply.paging.items() if k != "kv"}, "cached_prompt_tokens": reply.usage["cached_tokens"], "rounds": reply.usage["rounds"]}
+        if options.get("return_prompt"):
+            shown["prompt"] = state.engine.template.chat(reply.rendered, tools)
+        return shown
+
     if stream:
-        return StreamingResponse(_stream(state, session, exchange, sampling, name, include_usage), media_type="text/event-stream")
+        return StreamingResponse(_stream(work, block, name, include_usage), media_type="text/event-stream")
     try:
-        reply = await _answer(state, session, exchange, sampling)
+        reply = await _answer(*work)
     except BadRequest as e:
         return error(400, str(e))
-    return JSONResponse(_completion(reply, name))
+    return JSONResponse(_completion(reply, block, name))
 
 
-async def _answer(state: PagingState, session, exchange, sampling, on_text=None):
+async def _answer(state: PagingState, session, exchange, sampling, tools, expose, on_text=None):
     async with state.sessions.lock(session.id):
         request = await _plan(state, session, exchange)  # stored before anything can fail
         started = time.perf_counter()
-        reply = await state.engine.answer(session, request, sampling, on_text)
-        if reply.call is not None:
-            state.sessions.pending[session.id] = request
+        reply = await answer(state.engine, session, request, sampling, tools, state.max_rounds, expose, on_text)
+        if any(call.name == RECALL for call in reply.tool_calls):
+            state.sessions.pending[session.id] = request  # answered when the client hands the call back
         TURN_SECONDS.observe(time.perf_counter() - started)
         _count(reply)
         return reply
@@ -182,8 +198,8 @@ async def _plan(state: PagingState, session, exchange):
     """Store what is new and plan the request. Keyword strategies that ask the model wait
     for its answer, so their sessions plan in a worker thread, off the loop serving it."""
     if session.config.keywords in LLM_STRATEGIES:
-        return await asyncio.to_thread(state.sessions.request_for, session, exchange, state.engine.syntax)
-    return state.sessions.request_for(session, exchange, state.engine.syntax)
+        return await asyncio.to_thread(state.sessions.request_for, session, exchange, state.engine.template.syntax)
+    return state.sessions.request_for(session, exchange, state.engine.template.syntax)
 
 
 def _count(reply) -> None:
@@ -208,33 +224,25 @@ def _usage(reply) -> dict:
     }
 
 
-def _paging_block(reply) -> dict:
-    return {**{k: v for k, v in reply.paging.items() if k != "kv"}, "cached_prompt_tokens": reply.usage["cached_tokens"], "rounds": reply.usage["rounds"]}
-
-
-def _tool_calls(reply) -> list[dict]:
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": "recall", "arguments": reply.call[1]}}]
-
-
 def _message(reply) -> dict:
-    if reply.call is None:
+    if not reply.tool_calls:
         return {"role": "assistant", "content": reply.text}
-    return {"role": "assistant", "content": reply.text or None, "tool_calls": _tool_calls(reply)}
+    return {"role": "assistant", "content": reply.text or None, "tool_calls": [call.to_openai() for call in reply.tool_calls]}
 
 
-def _completion(reply, model: str) -> dict:
+def _completion(reply, block, model: str) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": _message(reply), "finish_reason": "tool_calls" if reply.call else "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": _message(reply), "finish_reason": reply.finish_reason, "logprobs": None}],
         "usage": _usage(reply),
-        "paged_context": _paging_block(reply),
+        "paged_context": block(reply),
     }
 
 
-async def _stream(state: PagingState, session, exchange, sampling, model: str, include_usage: bool):
+async def _stream(job: tuple, block, model: str, include_usage: bool):
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -242,7 +250,7 @@ async def _stream(state: PagingState, session, exchange, sampling, model: str, i
         return "data: " + json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}) + "\n\n"
 
     queue: asyncio.Queue = asyncio.Queue()
-    work = asyncio.create_task(_answer(state, session, exchange, sampling, queue.put_nowait))
+    work = asyncio.create_task(_answer(*job, queue.put_nowait))
     work.add_done_callback(lambda _: queue.put_nowait(None))
     yield chunk({"role": "assistant", "content": ""})
     try:
@@ -257,11 +265,11 @@ async def _stream(state: PagingState, session, exchange, sampling, model: str, i
     finally:
         if not work.done():  # the client went away: finish the turn anyway, it is stored
             await asyncio.shield(work)
-    if reply.call is not None:
-        calls = [{"index": 0, **call} for call in _tool_calls(reply)]
-        yield chunk({"tool_calls": calls}, "tool_calls", paged_context=_paging_block(reply))
+    if reply.tool_calls:
+        calls = [{"index": i, **call.to_openai()} for i, call in enumerate(reply.tool_calls)]
+        yield chunk({"tool_calls": calls}, "tool_calls", paged_context=block(reply))
     else:
-        yield chunk({}, "stop", paged_context=_paging_block(reply))
+        yield chunk({}, reply.finish_reason, paged_context=block(reply))
     if include_usage:
         yield chunk(None, usage=_usage(reply))
     yield "data: [DONE]\n\n"

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from tiny_model import build  # noqa: E402
 
+from paged_context.answering import Round, Sampling, TextStream  # noqa: E402
 from paged_context.calls import PLAIN  # noqa: E402
 from paged_context.session import PagingConfig  # noqa: E402
 from paged_context.patches.hf_engine import HFEngine  # noqa: E402
@@ -46,14 +47,14 @@ def test_rendering_is_deterministic(engine):
         for i in range(8):
             s.add_turn("user" if i % 2 == 0 else "assistant", f"message {i} about the kitchen renovation")
     ra, rb = a.ask("what is my budget?"), b.ask("what is my budget?")
-    assert engine.encode(a.render(ra, "x")) == engine.encode(b.render(rb, "x"))
+    assert engine.template.encode(a.render(ra, "x")) == engine.template.encode(b.render(rb, "x"))
 
 
 def test_restored_prefix_gives_the_logits_of_a_full_recompute(engine):
     session = engine.session("exact", SMALL)
     chat(engine, session, 6)
     request = session.ask("and the locker code?")
-    ids, _ = engine.encode(session.render(request, PLAIN.render(["N"])))
+    ids = engine.template.encode(session.render(request, PLAIN.render(["N"])))
     kv = engine.caches[session.id]
     cache, reused = kv.cache_for(ids)
     assert reused > 0
@@ -92,14 +93,18 @@ def test_garbage_recall_arguments_become_tool_errors_and_the_conversation_goes_o
 
 def test_streaming_never_shows_a_call(engine):
     tok = engine.tokenizer
+    round_ = Round([], [], Sampling(), (), engine.template.markers())
     for text, shown in [("The budget is 300", "The budget is 300"), ('Let me look. recall({"page_ids": [3]})', "Let me look. ")]:
-        out = []
-        stream = AnswerStream(tok, PLAIN, out.append)
+        out, growing = [], []
+        visible = TextStream(out.append)
+        stream = AnswerStream(tok, lambda text: (growing.append(text), visible.update(round_, text)))
         stream.put(torch.tensor([[1, 2]]))  # the prompt comes first
         for token in tok.encode(text, add_special_tokens=False):
             stream.put(torch.tensor([token]))
+            assert not any(marker in "".join(out) for marker in round_.markers)
         stream.end()
-        assert "".join(out) == shown
+        visible.flush(shown)
+        assert growing[-1] == text and "".join(out) == shown
 
 
 def test_constraint_allows_only_recallable_page_ids(engine):
@@ -111,3 +116,58 @@ def test_constraint_allows_only_recallable_page_ids(engine):
     allowed = {tok.decode([i]) for i in torch.nonzero(torch.isfinite(scores[0])).flatten().tolist()}
     assert allowed and allowed <= {"1", "2", "12"}
     assert not math.isfinite(scores[0, tok.encode("4", add_special_tokens=False)[0]].item())
+
+
+def test_sampling_parameters_are_honoured(engine):
+    """temperature, top_p and seed reach generation: a seed repeats a sampled answer, and
+    sampling differs from greedy decoding somewhere over a few seeds."""
+    from paged_context.answering import Sampling
+
+    def sampled(seed, temperature=1.5):
+        session = engine.session(f"sampling-{seed}-{temperature}", SMALL)
+        return engine.answer(session, session.ask("tell me about Lisbon"), sampling=Sampling(12, temperature, 0.9, seed, repetition_penalty=1.0)).text
+
+    assert sampled(7) == sampled(7)
+    greedy = sampled(None, temperature=0.0)
+    assert any(sampled(seed) != greedy for seed in (1, 2, 3))
+
+
+def test_a_forced_tool_call_follows_its_schema_on_the_transformers_engine(engine):
+    """tool_choice names a function: the call opens the answer and xgrammar keeps its
+    arguments valid JSON for the function's schema, even from random weights."""
+    import json
+
+    from paged_context.messages import parse_tools
+
+    tok = engine.tokenizer
+    no_whitespace = {i: -100.0 for i in range(len(tok)) if not tok.decode([i]).strip()}
+    schema = {"type": "object", "properties": {"path": {"type": "string", "enum": ["notes.txt", "todo.txt"]}}, "required": ["path"]}
+    tools = parse_tools({"tools": [{"type": "function", "function": {"name": "read_file", "parameters": schema}}], "tool_choice": {"type": "function", "function": {"name": "read_file"}}})
+    session = engine.session("forced", SMALL)
+    reply = engine.answer(session, session.ask("open my notes"), logit_bias=no_whitespace, max_new_tokens=24, tools=tools)
+    (call,) = reply.tool_calls
+    assert reply.finish_reason == "tool_calls" and call.name == "read_file"
+    assert json.loads(call.arguments)["path"] in ("notes.txt", "todo.txt")
+    assert session.turns[-1].tool_calls == (call,)
+    # the client runs the tool; its result is a turn, and the next answer reads it
+    session.add_turn("tool", "Dentist on Friday.", tool_call_id=call.id)
+    answer = engine.answer(session, session.plan(), max_new_tokens=4)
+    assert answer.rendered[-1].role == "tool" and session.turns[-1].role == "assistant"
+
+
+def test_deleting_a_session_frees_its_kv_on_the_async_engine(engine):
+    import asyncio
+
+    from paged_context.patches.hf_engine import AsyncHFEngine
+
+    session = engine.session("to-delete", SMALL)
+    chat(engine, session, 3)
+    assert "to-delete" in engine.caches
+
+    async def delete():
+        front = AsyncHFEngine(engine)
+        front.forget("to-delete")
+        await asyncio.gather(*front.forgetting)
+
+    asyncio.run(delete())
+    assert "to-delete" not in engine.caches

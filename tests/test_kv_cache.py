@@ -241,7 +241,7 @@ def test_forgetting_100_sessions_gives_their_host_memory_back(tmp_path):
     kv = engine.caches["after"]
     kv.live = None  # from the pool
     request = session.ask("and the budget?")
-    ids, _ = engine.encode(session.render(request, ""))
+    ids = engine.template.encode(session.render(request, ""))
     cache, reused = kv.cache_for(ids)
     assert reused > 0
     with torch.no_grad():

@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paged_context.calls import ToolCall
 from paged_context.pages import Turn, atoms, segment
 
 STRATEGIES = ["fixed_1", "fixed_3", "fixed_10", "exchange_2", "topic_shift", "topic_shift_0.3", "session", "tokens_40"]
@@ -53,7 +54,7 @@ def test_token_budget_is_respected_unless_one_turn_exceeds_it():
 def test_tool_calls_stay_with_their_results():
     turns = [
         Turn(0, "user", "what is the weather"),
-        Turn(1, "assistant", "", tool_call_ids=("c1", "c2")),
+        Turn(1, "assistant", "", tool_calls=(ToolCall("weather", "{}", "c1"), ToolCall("temperature", "{}", "c2"))),
         Turn(2, "tool", "sunny", tool_call_id="c1"),
         Turn(3, "tool", "22C", tool_call_id="c2"),
         Turn(4, "assistant", "sunny and 22C"),
@@ -86,7 +87,7 @@ def build(spec):
         i = len(turns)
         if role == "call":
             calls += 1
-            turns.append(Turn(i, "assistant", text, session=session, tool_call_ids=(f"c{calls}",)))
+            turns.append(Turn(i, "assistant", text, session=session, tool_calls=(ToolCall("search", "{}", f"c{calls}"),)))
         elif role == "tool":
             turns.append(Turn(i, "tool", text, session=session, tool_call_id=f"c{calls}"))
         else:
@@ -114,3 +115,25 @@ def test_segmenting_a_prefix_gives_the_same_closed_pages(spec, strategy, cut):
     prefix = segment(turns[:cut], strategy)
     closed = max(len(prefix) - 1, 0)
     assert prefix[:closed] == whole[:closed]
+
+
+def test_a_turn_too_long_for_a_page_is_paged_in_parts():
+    from paged_context.pages import split_long
+    from paged_context.text import approx_tokens
+
+    call = ToolCall("read_file", '{"path": "log"}', "c1")
+    text = "\n".join(f"line {i}: " + "x" * (i % 50) for i in range(300)) + "\n" + "y" * 3000  # long lines and one huge one
+    long = Turn(4, "tool", text, tool_call_id="c1")
+    parts = split_long(long, 100)
+    assert len(parts) > 10 and "".join(p.text for p in parts) == text
+    assert all(approx_tokens(p.text) <= 100 for p in parts)
+    assert [p.part for p in parts] == [(k, len(parts)) for k in range(1, len(parts) + 1)]
+    assert all(p.index == 4 and p.tool_call_id == "c1" for p in parts) and parts[0].content.startswith(f"[part 1 of {len(parts)}]")
+    assert split_long(Turn(0, "user", "short"), 100) == [Turn(0, "user", "short")]
+    speaking = split_long(Turn(5, "assistant", "z " * 400, tool_calls=(call,)), 100)
+    assert speaking[-1].tool_calls == (call,) and not any(p.tool_calls for p in speaking[:-1])
+    # the first part stays with the call it answers; later parts may start pages
+    groups = atoms([Turn(3, "assistant", "", tool_calls=(call,))] + parts)
+    assert groups[0] == [Turn(3, "assistant", "", tool_calls=(call,)), parts[0]] and groups[1:] == [[p] for p in parts[1:]]
+    pages = segment([Turn(3, "assistant", "", tool_calls=(call,))] + parts, "tokens_150")
+    assert len(pages) >= len(parts) // 2 and all(p.tokens <= 150 for p in pages[1:])

@@ -67,7 +67,7 @@ def test_exact_restore_on_the_real_model(engine):
     for i in range(10):
         engine.reply(session, FILLER.format(topic=TOPICS[i % len(TOPICS)]))
     request = session.ask("Which topic came first?")
-    ids, _ = engine.encode(session.render(request, "recall(...)"))
+    ids = engine.template.encode(session.render(request, "recall(...)"))
     cache, reused = engine.caches[session.id].cache_for(ids)
     assert reused > 0
     with torch.no_grad():

@@ -66,7 +66,7 @@ def test_the_store_has_every_turn_and_a_reopened_session_pages_the_same(tmp_path
         assert again.turns == session.turns and again.turns[-1].text == "unanswered question"
         assert again.pages == session.pages and again.bookmarks == session.bookmarks
         assert [p.id for p in store.pages("s")] == sorted(session.pages)
-    assert request.text == "unanswered question"
+    assert request.query == "unanswered question"
 
 
 @pytest.mark.parametrize("policy", ["learned", "lru"])

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from paged_context.bookmarks import Bookmark
+from paged_context.calls import ToolCall
 from paged_context.pages import Turn, segment
 from paged_context.store import SQLiteStore, StoreError
 
@@ -20,7 +21,7 @@ def turns(n, start=0):
 def test_round_trip(tmp_path):
     with SQLiteStore(tmp_path / "pages.db") as store:
         store.create_session("s1", owner="key-a")
-        calls = [Turn(0, "user", "weather?"), Turn(1, "assistant", "", tool_call_ids=("c1",)), Turn(2, "tool", "sunny", tool_call_id="c1")]
+        calls = [Turn(0, "user", "weather?"), Turn(1, "assistant", "", tool_calls=(ToolCall("get_weather", "{}", "c1"),)), Turn(2, "tool", "sunny", tool_call_id="c1")]
         store.append_turns("s1", calls)
         store.append_turns("s1", turns(3, start=3))
         assert store.turns("s1") == calls + turns(3, start=3)
@@ -110,3 +111,29 @@ def test_sigkill_mid_write_loses_no_committed_turn(tmp_path, batch):
     assert len(stored) % batch == 0  # a batch lands whole or not at all
     assert [t.index for t in stored] == list(range(len(stored)))
     assert all(t.text == "x" * 300 + str(t.index) for t in stored)
+
+
+def test_a_store_from_before_whole_tool_calls_opens_and_keeps_its_turns(tmp_path):
+    """Stores written by the previous release kept only the ids of an assistant turn's
+    calls, in a column `tool_call_ids`; they open, and new turns keep whole calls."""
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as old:
+        old.executescript(
+            """
+            CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT);
+            CREATE TABLE turns (session_id TEXT NOT NULL, idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
+                session_no INTEGER, dia_id TEXT, tool_call_ids TEXT NOT NULL, tool_call_id TEXT, PRIMARY KEY (session_id, idx));
+            INSERT INTO sessions VALUES ('s', NULL, 0, NULL);
+            INSERT INTO turns VALUES ('s', 0, 'user', 'weather?', NULL, NULL, NULL, '[]', NULL);
+            INSERT INTO turns VALUES ('s', 1, 'assistant', '', NULL, NULL, NULL, '["c1"]', NULL);
+            INSERT INTO turns VALUES ('s', 2, 'tool', 'sunny', NULL, NULL, NULL, '[]', 'c1');
+            """
+        )
+    with SQLiteStore(db) as store:
+        before = store.turns("s")
+        assert [t.text for t in before] == ["weather?", "", "sunny"] and before[1].tool_call_ids == ("c1",) and before[2].tool_call_id == "c1"
+        call = ToolCall("get_weather", '{"city": "Lisbon"}', "c2")
+        store.append_turns("s", [Turn(3, "assistant", "", tool_calls=(call,))])
+        assert store.turns("s")[3].tool_calls == (call,)
+    with SQLiteStore(db) as store:  # opening again changes nothing
+        assert len(store.turns("s")) == 4

@@ -89,6 +89,43 @@ def test_first_call_prefers_the_earliest_syntax():
     assert syntax is PLAIN and start == 2
 
 
+def test_vllms_parser_for_the_model_family_reads_client_and_recall_calls():
+    """Composition: vLLM's hermes parser reads every call in a Hermes-family answer; the
+    answering loop serves the recall call and returns the client's; a malformed recall
+    call, which vLLM's parser gives up on, still reaches our validation."""
+    from tiny_model import HERMES_TEMPLATE, tokenizer
+
+    from paged_context.answering import Answering, Generated
+    from paged_context.messages import parse_tools
+    from paged_context.patches.vllm_tool_parser import family_parser
+    from paged_context.session import PagedSession, PagingConfig
+    from paged_context.templates import ChatTemplate
+
+    tok = tokenizer(HERMES_TEMPLATE)
+    parse = family_parser("hermes", tok)
+    tools = parse_tools({"tools": [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]})
+    text = 'Checking. <tool_call>\n{"name": "read_file", "arguments": {"path": "a"}}\n</tool_call>\n<tool_call>\n{"name": "recall", "arguments": {"page_ids": [2]}}\n</tool_call>'
+    content, calls = parse(text, tools)
+    assert content.strip() == "Checking." and [(c.name, json.loads(c.arguments)) for c in calls] == [("read_file", {"path": "a"}), ("recall", {"page_ids": [2]})]
+    assert all(c.id for c in calls) and parse("no calls here", tools) is None
+
+    template = ChatTemplate(tok, parse)
+    session = PagedSession("s", PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0), count_tokens=template.count_tokens)
+    for i in range(10):
+        session.finish(session.ask(f"note {i}"), f"ok {i}")
+    page = session.evicted()[0]
+    answering = Answering(session, session.ask("read it"), template, 4096, tools=tools)
+    answering.next_round()
+    answering.take(Generated(f'<tool_call>\n{{"name": "recall", "arguments": {{"page_ids": [{page}]}}}}\n</tool_call>', 20))
+    answering.next_round()
+    answering.take(Generated('<tool_call>\n{"name": "recall", "arguments": {"page_ids": [1, </tool_call>', 20))  # malformed
+    answering.next_round()
+    answering.take(Generated('<tool_call>\n{"name": "read_file", "arguments": {"path": "a"}}\n</tool_call>', 20))
+    reply = answering.reply()
+    assert reply.paging["recalled"] == [page] and reply.paging["recall_errors"] == 1
+    assert [c.name for c in reply.tool_calls] == ["read_file"] and reply.finish_reason == "tool_calls"
+
+
 @pytest.mark.parametrize(
     "extra, error",
     [
@@ -105,7 +142,7 @@ def test_bad_constraint_options_are_refused(extra, error):
 
 def test_constraint_options_parse():
     assert parse_options(None) is None and parse_options({"other": 1}) is None
-    assert parse_options({"paged_recall_syntax": "hermes", "paged_recall_allowed": 4}) == ("hermes", frozenset({4}), 8)
+    assert parse_options({"paged_recall_syntax": "hermes", "paged_recall_allowed": 4}) == ("hermes", frozenset({4}), 8, False)
 
 
 def _engine_script(tiny) -> str:

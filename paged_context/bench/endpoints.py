@@ -82,7 +82,7 @@ class InProcessEndpoint:
     Requests run one at a time."""
 
     def __init__(self, model: str | None = None, engine: str = "vllm", **engine_args):
-        from paged_context.llm import PagedLLM
+        from paged_context.serve import PagedLLM
 
         self.llm = PagedLLM(model, engine=engine, **engine_args)
         self.model = self.llm.model.name
@@ -103,7 +103,7 @@ class InProcessEndpoint:
         return {p.id: (p.first_turn, p.last_turn) for p in self.llm.sessions.open[session].pages.values()}
 
     def forget(self, session):
-        self.llm.sessions.delete(session, None)
+        self.llm.delete(session)
 
     def close(self) -> None:
         self.llm.close()

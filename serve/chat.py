@@ -24,16 +24,16 @@ def status(paging: dict, usage: dict) -> str:
 
 
 def main(args) -> None:
-    from .models.default_model import home
-    from .patches.hf_engine import HFEngine
-    from .session import PagingConfig
-    from .store import SQLiteStore
+    from paged_context.models.default_model import home
+    from paged_context.patches.hf_engine import HFEngine
+    from paged_context.session import PagingConfig
+    from paged_context.store import SQLiteStore
 
     engine = HFEngine(
         args.model, device=args.device, kv_mode=args.kv_mode, max_new_tokens=args.max_new_tokens, kv_host_limit_bytes=args.kv_host_mib << 20
     )
     config = PagingConfig(
-        boundary=f"tokens_{args.page_tokens}", resident_low=args.resident[0], resident_high=args.resident[1], policy=args.policy
+        boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1], policy=args.policy
     )
     db = args.db or home() / "sessions.db"
     interactive = sys.stdin.isatty()

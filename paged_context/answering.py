@@ -1,0 +1,270 @@
+"""One answer to a planned request, written once for every engine: the round loop.
+
+`Answering` is sans-IO. It renders the prompt of each round (within the model's window),
+says what the engine must enforce (sampling, the recall-argument constraint, stop
+strings, a forced tool call's opening and JSON schema), takes the text the engine
+generated, serves recall calls (and answers calls it cannot route with an error the
+model reads), returns calls to the client's own tools, bounds the rounds, records the
+answer and builds the report. An engine is a thin driver around it (`answer` below is the one the server uses):
+
+    answering = Answering(session, request, template, window, sampling, tools)
+    while (round_ := answering.next_round()) is not None:
+        answering.take(engine.generate(round_, session))      # the only model-specific step
+    reply = answering.reply()
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+from .calls import RECALL, ToolCall, visible_end
+from .messages import BadRequest, Tools
+from .session import Message, PagedSession, Request
+from .templates import ChatTemplate
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample, the same for every engine (OpenAI's parameters)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logit_bias: Mapping[int, float] | None = None
+    repetition_penalty: float = 1.1  # small models loop under greedy decoding without it
+
+
+@dataclass(frozen=True)
+class RecallConstraint:
+    """What constrained decoding enforces once a recall call begins."""
+
+    syntax: str  # "plain" or "hermes"
+    allowed: tuple[int, ...]  # the pages a call may name
+    max_ids: int
+    shared: bool  # the client's tools open calls with the same marker: constrain only calls that name recall
+
+
+@dataclass(frozen=True)
+class Round:
+    """One generation the engine runs."""
+
+    messages: list[Message]  # the rendered prompt, for inspection (and KV segment boundaries)
+    prompt: list[int]  # its token ids, the forced opening included
+    sampling: Sampling
+    stop: tuple[str, ...]  # generation ends after the first of these, which stays in the text
+    markers: tuple[str, ...]  # texts that open a call: never streamed to the client
+    recall: RecallConstraint | None = None  # None: no recall call may be made this round
+    forced: bool = False  # the round writes a call to a client tool (tool_choice required or named)
+    opening: str = ""  # the forced call's opening, already at the end of the prompt
+    schema: dict | None = None  # JSON schema the forced call's text follows, where the engine can enforce it
+
+    def visible_end(self, text: str) -> int:
+        """How much of the text generated so far a client may see."""
+        return 0 if self.forced else visible_end(text, self.markers)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the engine made of a round."""
+
+    text: str
+    completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV was reused, not computed
+    truncated: bool = False  # ended by max_tokens
+
+
+@dataclass
+class Reply:
+    text: str
+    paging: dict
+    usage: dict
+    rendered: list[Message] = field(repr=False, default_factory=list)  # the last prompt, for inspection
+    tool_calls: tuple[ToolCall, ...] = ()  # calls for the client: its own tools, or recall when exposed
+    finish_reason: str = "stop"  # stop, length or tool_calls
+
+
+class TextStream:
+    """Passes a growing answer to `on_text` as it may be shown: never a call, never the
+    start of what could become one."""
+
+    def __init__(self, on_text: Callable[[str], None] | None):
+        self.on_text, self.sent = on_text, 0
+
+    def update(self, round_: Round, text: str) -> None:
+        if self.on_text is not None and (end := round_.visible_end(text)) > self.sent:
+            self.on_text(text[self.sent : end])
+            self.sent = end
+
+    def flush(self, shown: str) -> None:
+        """The round is over and `shown` is what it says: send what was held back."""
+        if self.on_text is not None and len(shown) > self.sent:
+            self.on_text(shown[self.sent :])
+        self.sent = 0
+
+
+def _new_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _json_prefix(text: str) -> tuple[object, str] | None:
+    """The JSON value a text begins with (after spaces), and its text; None if there is none."""
+    stripped = text.lstrip()
+    try:
+        value, end = json.JSONDecoder().raw_decode(stripped)
+    except json.JSONDecodeError:
+        return None
+    return value, stripped[:end]
+
+
+class Answering:
+    def __init__(
+        self,
+        session: PagedSession,
+        request: Request,
+        template: ChatTemplate,
+        window: int,
+        sampling: Sampling = Sampling(),
+        tools: Tools = Tools(),
+        max_rounds: int = 2,
+        expose_recall: bool = False,
+    ):
+        """`max_rounds`: calls the server answers itself (recall, and refusals) before the
+        model must answer. `expose_recall`: return recall calls to the client instead."""
+        self.session, self.request, self.template, self.window = session, request, template, window
+        self.sampling, self.tools, self.max_rounds, self.expose_recall = sampling, tools, max_rounds, expose_recall
+        self.answer = ""
+        self.calls: tuple[ToolCall, ...] = ()
+        self.finish_reason = "stop"
+        self.done = False
+        self.served = 0  # server rounds so far
+        self.round: Round | None = None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0}
+        self.started = time.perf_counter()
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    def next_round(self) -> Round | None:
+        """The next generation to run, or None when the answer is complete."""
+        if self.done:
+            return None
+        syntax, tools = self.template.syntax, self.tools
+        opening, schema = self.template.forced_opening(tools) if tools.forced else ("", None)
+        extra = self.template.tokenizer(opening, add_special_tokens=False).input_ids if opening else []
+        budget = self.window - self.sampling.max_tokens - len(extra)
+        encode = lambda messages: self.template.encode(messages, tools)  # noqa: E731
+        try:
+            messages, ids = self.session.render_within(self.request, syntax.instruction(), encode, budget)
+        except ValueError as error:
+            raise BadRequest(str(error)) from error
+        may_call = not tools.forced and self.served < self.max_rounds
+        allowed = tuple(self.session.recallable(self.request)) if may_call else ()
+        shared = syntax.name == "hermes" and bool(tools.names)
+        recall = RecallConstraint(syntax.name, allowed, self.session.config.max_recall_ids, shared) if allowed else None
+        if recall is not None:
+            stop = (syntax.tail,)  # a constrained recall call always ends with the canonical tail
+        elif tools.forced or shared:
+            stop = ()  # the schema ends a forced call; a shared marker may open the client's calls
+        else:
+            stop = (syntax.marker,)  # a recall call would not be served: end where it would begin
+        self.round = Round(messages, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema)
+        return self.round
+
+    def take(self, generated: Generated) -> str:
+        """The engine's output for the current round; returns the text it shows."""
+        round_, usage = self.round, self.usage
+        usage["prompt_tokens"] = len(round_.prompt)
+        usage["cached_tokens"] += generated.cached_tokens
+        usage["completion_tokens"] += generated.completion_tokens
+        usage["rounds"] += 1
+        if round_.forced:
+            return self._finish("", self._forced_calls(generated.text), generated.truncated)
+        found = self.template.find_calls(generated.text, self.tools)
+        if found is None:
+            return self._finish(generated.text, (), generated.truncated)
+        shown, calls = found
+        if not self.tools.parallel:
+            calls = calls[:1]
+        client = tuple(c for c in calls if c.name in self.tools.names)
+        recalls = [c for c in calls if c.name == RECALL]
+        unknown = [c for c in calls if c.name != RECALL and c.name not in self.tools.names]
+        if recalls and round_.recall is not None and self.expose_recall:
+            return self._finish(shown, tuple(recalls), False, store=False)
+        served = recalls if round_.recall is not None else []
+        if (served or (unknown and not client)) and self.served < self.max_rounds:
+            self.answer += shown
+            for call in served:
+                self.session.recall(self.request, self.template.syntax.wrap(call.arguments), call.arguments)
+            for call in unknown:
+                self.request.add_round(self.template.syntax.wrap(call.arguments, call.name or "?"), self._refusal(call))
+            self.served += 1
+            return shown
+        return self._finish(shown, client, False)
+
+    def _refusal(self, call: ToolCall) -> str:
+        names = ", ".join([RECALL, *self.tools.names])
+        if not call.name:
+            return f'error: a tool call is {{"name": ..., "arguments": {{...}}}}; this one could not be read. Tools: {names}.'
+        return f"error: there is no tool named {call.name!r}. Tools you can call: {names}."
+
+    def _forced_calls(self, text: str) -> tuple[ToolCall, ...]:
+        """The call a forced round wrote: its arguments (a named function), or a whole call."""
+        found = _json_prefix(text)
+        if self.tools.choice != "required":
+            return (ToolCall(self.tools.choice, found[1] if found else text.strip()),)  # unparsed: the client sees what was written
+        if found and isinstance(found[0], dict) and found[0].get("name") in self.tools.names:
+            arguments = found[0].get("arguments", {})
+            return (ToolCall(found[0]["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)),)
+        hit = self.template.find_calls(self.round.opening + text, self.tools)
+        return tuple(c for c in (hit[1] if hit else ()) if c.name in self.tools.names)
+
+    def _finish(self, shown: str, calls: tuple[ToolCall, ...], truncated: bool, store: bool = True) -> str:
+        """The answer is complete: record it (before the client hears it) with its calls."""
+        self.answer = (self.answer + shown).strip()
+        self.calls = tuple(c if c.id else ToolCall(c.name, c.arguments, _new_id()) for c in calls)
+        self.finish_reason = "tool_calls" if self.calls else "length" if truncated else "stop"
+        if store:
+            self.session.finish(self.request, self.answer, self.calls)
+        self.done = True
+        return shown
+
+    # --- the result -----------------------------------------------------------------------
+
+    def reply(self) -> Reply:
+        history = len(self.template.encode(self.session.unpaged(), self.tools))  # what the unpaged prompt would cost
+        usage = {**self.usage, "seconds": time.perf_counter() - self.started}
+        paging = self.session.report(self.request, usage["prompt_tokens"], history)
+        return Reply(self.answer, paging, usage, self.round.messages if self.round else [], self.calls, self.finish_reason)
+
+
+class Engine(Protocol):
+    """What `answer` needs of an engine: its chat template, its window, and one round."""
+
+    template: ChatTemplate
+    window: int
+
+    async def generate(self, round_: Round, session: PagedSession, on_text: Callable[[str], None] | None = None) -> Generated:
+        """Run the round; `on_text` receives the text generated so far as it grows."""
+
+
+async def answer(
+    engine: Engine,
+    session: PagedSession,
+    request: Request,
+    sampling: Sampling = Sampling(),
+    tools: Tools = Tools(),
+    max_rounds: int = 2,
+    expose_recall: bool = False,
+    on_text: Callable[[str], None] | None = None,
+) -> Reply:
+    """Answer a planned request on an engine; `on_text` receives the visible answer as it grows."""
+    answering = Answering(session, request, engine.template, engine.window, sampling, tools, max_rounds, expose_recall)
+    stream = TextStream(on_text)
+    while (round_ := answering.next_round()) is not None:
+        generated = await engine.generate(round_, session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
+        stream.flush(answering.take(generated))
+    return answering.reply()
