@@ -95,31 +95,86 @@ def test_the_readme_engine_example_runs_and_prints_what_it_claims(model_dir):
     run_and_check(blocks(needs_model=True))
 
 
-def test_the_vllm_server_with_the_default_model_past_the_window(model_dir, tmp_path):
-    """The server as `make serve` starts it (vLLM CPU build, default model), a 12k+ token
-    conversation, a recall round trip and streaming, through the openai client."""
+NAME = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """The server as `make serve` starts it (vLLM CPU build, default model)."""
     pytest.importorskip("vllm")
-    from test_server import Server, chat
+    from test_server import Server
+
+    with Server(model_dir, tmp_path_factory.mktemp("real-serve") / "pages.db", options=["--default-max-tokens", "32"]) as running:
+        yield running
+
+
+def test_the_vllm_server_with_the_default_model_past_the_window(model_dir, server):
+    """A 12k+ token conversation, a recall round trip and streaming, through the openai client."""
+    from test_server import chat
 
     from transformers import AutoTokenizer
 
-    name = "SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # the model will not call recall on its own when asked to here: a logit bias starts
     # the call, and the server's logits processor has to keep it valid
     bias = {str(i): 30 for i in tokenizer.encode("recall(", add_special_tokens=False)}
-    with Server(model_dir, tmp_path / "pages.db", options=["--default-max-tokens", "32"]) as server:
-        client = server.client()
-        chat(client, "long", "Please remember this: my locker code at the Riverside gym is 4417.", model=name)
-        for i in range(28):  # long messages, short answers: the window is passed in few decoding steps
-            topic = TOPICS[i % len(TOPICS)]
-            chat(client, "long", FILLER.format(topic=topic) + " " + FILLER.format(topic=topic) + f" (note {i})", model=name)
-        response, paging = chat(client, "long", "What is my locker code at the Riverside gym?", model=name, logit_bias=bias)
-        assert paging["history_tokens"] > 12_000 and response.usage.prompt_tokens < 8192
-        assert paging["evicted"] and paging["recalled"] and paging["recall_errors"] == 0
-        assert response.usage.prompt_tokens_details.cached_tokens > 0
-        chunks = list(client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Thanks! Anything else?"}], stream=True, extra_headers={"X-Session-Id": "long"}))
-        assert any(c.choices and c.choices[0].delta.content for c in chunks)
-        assert server.get("/paging/sessions/long")["turns"] == 62
-        code, payload = server.post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}')
-        assert code == 400 and "temperature" in payload["error"]["message"]
+    client = server.client()
+    chat(client, "long", "Please remember this: my locker code at the Riverside gym is 4417.", model=NAME)
+    for i in range(28):  # long messages, short answers: the window is passed in few decoding steps
+        topic = TOPICS[i % len(TOPICS)]
+        chat(client, "long", FILLER.format(topic=topic) + " " + FILLER.format(topic=topic) + f" (note {i})", model=NAME)
+    response, paging = chat(client, "long", "What is my locker code at the Riverside gym?", model=NAME, logit_bias=bias)
+    assert paging["history_tokens"] > 12_000 and response.usage.prompt_tokens < 8192
+    assert paging["evicted"] and paging["recalled"] and paging["recall_errors"] == 0
+    assert response.usage.prompt_tokens_details.cached_tokens > 0
+    chunks = list(client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Thanks! Anything else?"}], stream=True, extra_headers={"X-Session-Id": "long"}))
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
+    assert server.get("/paging/sessions/long")["turns"] == 62
+    code, payload = server.post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}')
+    assert code == 400 and "temperature" in payload["error"]["message"]
+
+
+def log_file(step: int) -> str:
+    """A tool result of about 1,200 tokens, longer than a page: it is paged in parts."""
+    return "\n".join(
+        f"logs/worker-{step}.log:{i}: request {step * 1000 + i} to /api/orders took {(step * 37 + i * 11) % 900} ms, status {200 if i % 7 else 503}"
+        for i in range(48)
+    )
+
+
+def test_an_agent_with_its_own_tools_on_the_default_model_past_the_window(server):
+    """The client's tools on the default model: a trace of tool calls and large results
+    that passes the 8,192-token window with pages evicted, a call the model makes (the
+    135M model will not choose to: tool_choice names the function, and the call's
+    arguments follow its schema), its result sent back, and a streamed answer to it."""
+    import json
+
+    read_file = {"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": {"type": "object", "properties": {"path": {"type": "string", "maxLength": 40}}, "required": ["path"]}}}
+    tools = [read_file, {"type": "function", "function": {"name": "search", "description": "Search the code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+    client, headers = server.client(), {"X-Session-Id": "agent"}
+    messages = [{"role": "system", "content": "You are an agent that reads logs."}, {"role": "user", "content": "Which worker had the slowest requests?"}]
+    reports = []
+    for step in range(6):  # the client's own calls (the agent loop is scripted), two results of ~1,200 tokens each
+        calls = [{"id": f"c{step}-{k}", "type": "function", "function": {"name": "read_file", "arguments": json.dumps({"path": f"logs/worker-{2 * step + k}.log"})}} for k in (0, 1)]
+        messages += [{"role": "assistant", "content": None, "tool_calls": calls}]
+        messages += [{"role": "tool", "tool_call_id": c["id"], "content": log_file(2 * step + k)} for k, c in enumerate(calls)]
+        response = client.chat.completions.create(model=NAME, messages=messages, tools=tools, max_tokens=8, extra_headers=headers)
+        reports.append(response)
+        reply = response.choices[0].message
+        messages.append(reply.model_dump(exclude_none=True))
+        messages += [{"role": "tool", "tool_call_id": c.id, "content": "not found"} for c in reply.tool_calls or []]
+    paging = reports[-1].model_extra["paged_context"]
+    assert paging["history_tokens"] > 8192 and paging["evicted"] and max(r.usage.prompt_tokens for r in reports) < 8192
+    forced = client.chat.completions.create(
+        model=NAME, messages=messages + [{"role": "user", "content": "Open the log of worker 3."}], tools=tools,
+        tool_choice={"type": "function", "function": {"name": "read_file"}}, max_tokens=40, extra_headers=headers,
+    )
+    choice = forced.choices[0]
+    (call,) = choice.message.tool_calls
+    assert choice.finish_reason == "tool_calls" and call.function.name == "read_file" and isinstance(json.loads(call.function.arguments)["path"], str)
+    messages += [{"role": "user", "content": "Open the log of worker 3."}, choice.message.model_dump(exclude_none=True)]
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "logs/worker-3.log: the slowest request took 899 ms."})
+    chunks = list(client.chat.completions.create(model=NAME, messages=messages, tools=tools, max_tokens=16, stream=True, extra_headers=headers))
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["paged_context"]["evicted"]
+    assert server.get("/paging/sessions/agent")["turns"] == len(messages)  # every turn but the system message, and the answer
