@@ -5,7 +5,7 @@ says what the engine must enforce (sampling, the recall-argument constraint, sto
 strings, a forced tool call's opening and JSON schema), takes the text the engine
 generated, serves recall calls (and answers calls it cannot route with an error the
 model reads), returns calls to the client's own tools, bounds the rounds, records the
-answer and builds the report. An engine is a thin driver around it (`answer` below is the one the server uses):
+answer and builds the report. An engine is a thin driver around it (`drive` below is the one the server uses):
 
     answering = Answering(session, request, template, window, sampling, tools)
     while (round_ := answering.next_round()) is not None:
@@ -54,7 +54,8 @@ class Round:
     """One generation the engine runs."""
 
     messages: list[Message]  # the rendered prompt, for inspection (and KV segment boundaries)
-    prompt: list[int]  # its token ids, the forced opening included
+    tools: Tools  # the client's tools, rendered with the messages
+    prompt: list[int]  # their token ids, the forced opening included
     sampling: Sampling
     stop: tuple[str, ...]  # generation ends after the first of these, which stays in the text
     markers: tuple[str, ...]  # texts that open a call: never streamed to the client
@@ -171,7 +172,7 @@ class Answering:
             stop = ()  # the schema ends a forced call; a shared marker may open the client's calls
         else:
             stop = (syntax.marker,)  # a recall call would not be served: end where it would begin
-        self.round = Round(messages, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema)
+        self.round = Round(messages, tools, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema)
         return self.round
 
     def take(self, generated: Generated) -> str:
@@ -251,20 +252,10 @@ class Engine(Protocol):
         """Run the round; `on_text` receives the text generated so far as it grows."""
 
 
-async def answer(
-    engine: Engine,
-    session: PagedSession,
-    request: Request,
-    sampling: Sampling = Sampling(),
-    tools: Tools = Tools(),
-    max_rounds: int = 2,
-    expose_recall: bool = False,
-    on_text: Callable[[str], None] | None = None,
-) -> Reply:
-    """Answer a planned request on an engine; `on_text` receives the visible answer as it grows."""
-    answering = Answering(session, request, engine.template, engine.window, sampling, tools, max_rounds, expose_recall)
+async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None) -> Reply:
+    """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows."""
     stream = TextStream(on_text)
     while (round_ := answering.next_round()) is not None:
-        generated = await engine.generate(round_, session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
+        generated = await engine.generate(round_, answering.session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
         stream.flush(answering.take(generated))
     return answering.reply()

@@ -116,7 +116,7 @@ class HFEngine:
         if kv is None:
             kv = self.caches[session.id] = KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool)
         ids, sampling = round_.prompt, round_.sampling
-        boundaries = self.boundaries(round_.messages, ids)
+        boundaries = self.boundaries(round_, ids)
         cache, reused = kv.cache_for(ids, boundaries)
         processors = [LogitBias(sampling.logit_bias)] if sampling.logit_bias else []
         if round_.recall is not None:  # after the bias, so a bias cannot push a call off its grammar
@@ -136,7 +136,7 @@ class HFEngine:
                 do_sample=sample,
                 temperature=sampling.temperature if sample else None,
                 top_p=sampling.top_p if sample else None,
-                top_k=None,
+                top_k=0 if sample else None,  # as in vLLM and the OpenAI API: no top-k cut unless asked
                 repetition_penalty=sampling.repetition_penalty,
                 logits_processor=LogitsProcessorList(processors),
                 stop_strings=list(round_.stop) or None,
@@ -149,16 +149,17 @@ class HFEngine:
         truncated = len(generated) >= sampling.max_tokens and generated[-1] != self.tokenizer.eos_token_id
         return Generated(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), reused, truncated)
 
-    def boundaries(self, messages: list[Message], ids: list[int]) -> list[int]:
+    def boundaries(self, round_: Round, ids: list[int]) -> list[int]:
         """The token positions where the prompt's segments end: where the KV cache manager
         snapshots, so a later prompt that shares the segments up to there restores them."""
-        text = self.template.text(messages)
+        messages, tools = round_.messages, round_.tools
+        text = self.template.text(messages, tools)
         starts = [a for a, _ in self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
         found = []
         for i in range(1, len(messages)):
             if messages[i].segment.split(":")[0] == messages[i - 1].segment.split(":")[0] == "turn":
                 continue  # consecutive recent turns need no boundary of their own
-            prefix = self.template.text(messages[:i], generation_prompt=False)
+            prefix = self.template.text(messages[:i], tools, generation_prompt=False)
             if text.startswith(prefix):
                 found.append(bisect.bisect_left(starts, len(prefix)))
         return sorted(set(b for b in found if 0 < b < len(ids)))

@@ -18,7 +18,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-from paged_context.answering import Reply, Sampling, answer
+from paged_context.answering import Answering, Reply, Sampling, drive
 from paged_context.messages import parse_tools, split_messages
 from paged_context.session import PagingConfig
 
@@ -95,7 +95,8 @@ class PagedLLM:
         session = self.sessions.get(session_id, None, options=paging)
         request = self.sessions.request_for(session, exchange, self.engine.template.syntax)
         sampling = Sampling(max_tokens, temperature, top_p, seed)
-        return self._run(answer(self.engine, session, request, sampling, offered, self.max_recall_rounds))
+        answering = Answering(session, request, self.engine.template, self.engine.window, sampling, offered, self.max_recall_rounds)
+        return self._run(drive(self.engine, answering))
 
     def delete(self, session_id: str) -> None:
         """Delete a session: its stored turns and the engine's state for it."""

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from paged_context.answering import Sampling, answer
+from paged_context.answering import Answering, Sampling, drive
 from paged_context.calls import RECALL
 from paged_context.keywords import LLM_STRATEGIES
 from paged_context.messages import BadRequest, parse_tools, split_messages
@@ -186,7 +186,8 @@ async def _answer(state: PagingState, session, exchange, sampling, tools, expose
     async with state.sessions.lock(session.id):
         request = await _plan(state, session, exchange)  # stored before anything can fail
         started = time.perf_counter()
-        reply = await answer(state.engine, session, request, sampling, tools, state.max_rounds, expose, on_text)
+        answering = Answering(session, request, state.engine.template, state.engine.window, sampling, tools, state.max_rounds, expose)
+        reply = await drive(state.engine, answering, on_text)
         if any(call.name == RECALL for call in reply.tool_calls):
             state.sessions.pending[session.id] = request  # answered when the client hands the call back
         TURN_SECONDS.observe(time.perf_counter() - started)

@@ -7,10 +7,12 @@ from dataclasses import replace
 import pytest
 
 torch = pytest.importorskip("torch")
+from exact_restore import restore_error  # noqa: E402
 from tiny_model import build  # noqa: E402
 
 from paged_context.answering import Round, Sampling, TextStream  # noqa: E402
 from paged_context.calls import PLAIN  # noqa: E402
+from paged_context.messages import Tools  # noqa: E402
 from paged_context.session import PagingConfig  # noqa: E402
 from paged_context.patches.hf_engine import HFEngine  # noqa: E402
 from paged_context.patches.hf_generation import AnswerStream, RecallConstraint  # noqa: E402
@@ -54,14 +56,8 @@ def test_restored_prefix_gives_the_logits_of_a_full_recompute(engine):
     session = engine.session("exact", SMALL)
     chat(engine, session, 6)
     request = session.ask("and the locker code?")
-    ids = engine.template.encode(session.render(request, PLAIN.render(["N"])))
-    kv = engine.caches[session.id]
-    cache, reused = kv.cache_for(ids)
-    assert reused > 0
-    with torch.no_grad():
-        restored = engine.model(torch.tensor([ids[reused:]]), past_key_values=cache).logits[0, -1]
-        full = engine.model(torch.tensor([ids])).logits[0, -1]
-    assert (restored - full).abs().max().item() < 1e-4
+    reused, error = restore_error(engine, engine.caches[session.id], engine.template.encode(session.render(request, PLAIN.render(["N"]))))
+    assert reused > 0 and error < 1e-4
 
 
 def test_recall_calls_are_forced_well_formed_and_served(engine):
@@ -93,7 +89,7 @@ def test_garbage_recall_arguments_become_tool_errors_and_the_conversation_goes_o
 
 def test_streaming_never_shows_a_call(engine):
     tok = engine.tokenizer
-    round_ = Round([], [], Sampling(), (), engine.template.markers())
+    round_ = Round([], Tools(), [], Sampling(), (), engine.template.markers())
     for text, shown in [("The budget is 300", "The budget is 300"), ('Let me look. recall({"page_ids": [3]})', "Let me look. ")]:
         out, growing = [], []
         visible = TextStream(out.append)
