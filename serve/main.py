@@ -46,11 +46,13 @@ def build_parser():
     g.add_argument(
         "--client-tool-parser", default="auto",
         help="vLLM's tool parser for the served model's own call format (hermes, llama3_json, mistral, ...); "
-        "auto: hermes when the chat template renders <tool_call>, else paged-context's plain syntax; none: ours always",
+        "auto: the family whose call marker the chat template writes (<tool_call>, <|python_tag|>, [TOOL_CALLS]), "
+        "else paged-context's own syntax; none: ours always",
     )
     g.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     g.add_argument("--default-repetition-penalty", type=float, default=1.1, help="repetition_penalty when a request gives none (the transformers engine always uses 1.1)")
     g.add_argument("--max-request-bytes", type=int, default=8 << 20, help="largest request body accepted")
+    g.add_argument("--kv-host-mib", type=int, default=1024, help="--engine hf: host memory for KV snapshots, all sessions together (MiB)")
     return p
 
 
@@ -105,13 +107,18 @@ def install_routes(app, state) -> None:
     app.state.paging = state
 
 
+# what a chat template writes around a call -> vLLM's parser for that family
+FAMILY_MARKERS = {"<tool_call>": "hermes", "<|python_tag|>": "llama3_json", "[TOOL_CALLS]": "mistral"}
+
+
 def client_tool_parser(name: str, tokenizer):
-    """vLLM's parser for the model family's tool calls, or None for our own syntax."""
-    from paged_context.templates import call_syntax
+    """vLLM's parser for the model family's tool calls, or None for our own syntax. `auto`
+    knows a family by its template's call marker."""
     from paged_context.patches.vllm_tool_parser import family_parser
 
     if name == "auto":
-        name = "hermes" if call_syntax(tokenizer).name == "hermes" and "<tool_call>" in (tokenizer.chat_template or "") else "none"
+        template = tokenizer.chat_template or ""
+        name = next((parser for marker, parser in FAMILY_MARKERS.items() if marker in template), "none")
     return None if name == "none" else family_parser(name, tokenizer)
 
 
@@ -148,7 +155,7 @@ def serve_hf(args) -> None:
 
     from paged_context.patches.hf_engine import AsyncHFEngine, HFEngine
 
-    engine = AsyncHFEngine(HFEngine(args.model))
+    engine = AsyncHFEngine(HFEngine(args.model, kv_host_limit_bytes=args.kv_host_mib << 20))
     state = paging_state(args, engine, engine.count_tokens)
 
     @contextlib.asynccontextmanager
