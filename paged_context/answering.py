@@ -195,6 +195,8 @@ class Answering:
         unknown = [c for c in calls if c.name != RECALL and c.name not in self.tools.names]
         if recalls and round_.recall is not None and self.expose_recall:
             return self._finish(shown, tuple(recalls), False, store=False)
+        # recall first: with the pages in view the model may call the client's tools again,
+        # or no longer need to
         served = recalls if round_.recall is not None else []
         if (served or (unknown and not client)) and self.served < self.max_rounds:
             self.answer += shown
