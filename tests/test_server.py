@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 from tiny_model import build  # noqa: E402
 
-from paged_context.bench.serve import Launched, free_port  # noqa: E402
+from paged_context.bench.servers import Launched, free_port  # noqa: E402
 
 WINDOW = 1024
 TINY = [

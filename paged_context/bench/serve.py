@@ -8,20 +8,15 @@ with paging it stays bounded.
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .report import publish, pyplot, save_figure, table
+from .servers import served
 
 TOPICS = ["gardening", "chess openings", "sourdough baking", "marathon training", "birdwatching", "pottery", "astronomy", "jazz piano"]
 SENTENCES = [
@@ -41,39 +36,6 @@ def message(turn: int, sentences: int) -> str:
     topic = TOPICS[turn % len(TOPICS)]
     body = " ".join(SENTENCES[(turn + k) % len(SENTENCES)].format(t=topic) for k in range(sentences))
     return f"(Note {turn}.) {body} What do you think about {topic}?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Launched:
-    """A server process (and its engine's workers, one process group), up once its
-    /health answers; stopped with `stop`."""
-
-    def __init__(self, command: list[str], port: int, log: Path, timeout: float = 600):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log
-        self.log = open(log, "w")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=5)
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop(signal.SIGKILL)
-                    raise RuntimeError(f"the server did not come up:\n{log.read_text()[-4000:]}")
-                time.sleep(1)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(60)
-        self.log.close()
 
 
 def converse(url: str, model: str, turns: int, sentences: int, max_tokens: int, session: str | None, label: str) -> list[dict]:
@@ -119,22 +81,11 @@ def converse(url: str, model: str, turns: int, sentences: int, max_tokens: int, 
 def run(model: Path, turns: int, sentences: int, max_tokens: int, engine_flags: list[str]) -> dict:
     name = model.name
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    common = ["--model", str(model), "--served-model-name", name, "--enforce-eager", "--block-size", "32",
-              "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.3",
-              "--enable-prompt-tokens-details", *engine_flags]  # stock vLLM reports cached tokens only with it
     result = {"model": name, "turns": turns, "max_tokens": max_tokens, "engine_flags": engine_flags}
-    port = free_port()
-    server = Launched([sys.executable, "-m", "paged_context", "serve", "--port", str(port), "--db", str(work / "pages.db"), *common], port, work / "paged.log")
-    try:
-        result["paged"] = converse(server.url, name, turns, sentences, max_tokens, "bench", "paged")
-    finally:
-        server.stop()
-    port = free_port()
-    server = Launched([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--port", str(port), *common], port, work / "unpaged.log")
-    try:
-        result["unpaged"] = converse(server.url, name, turns, sentences, max_tokens, None, "unpaged")
-    finally:
-        server.stop()
+    with served(model, engine_flags, work, paged=True) as url:
+        result["paged"] = converse(url, name, turns, sentences, max_tokens, "bench", "paged")
+    with served(model, engine_flags, work, paged=False) as url:
+        result["unpaged"] = converse(url, name, turns, sentences, max_tokens, None, "unpaged")
     return result
 
 
