@@ -47,7 +47,7 @@ from ..pages import Page, Turn, segment
 from ..scoring import score
 from ..text import approx_tokens, content_terms
 from .endpoints import Endpoint, HTTPEndpoint, InProcessEndpoint, NotPaged
-from .report import pyplot, save_figure, table
+from .report import percentile, pyplot, save_figure, table
 
 METHODS = ("truncation", "bm25", "word_overlap", "search_tool", "full_context", "bookmark_recall", "controller")
 ABLATION = tuple(f"bookmark_recall:{k}" for k in ("random", "heuristic", "tfidf", "distinctive", "llm-batch", "hybrid"))
@@ -399,13 +399,6 @@ def run(endpoint: Endpoint, conversations: Sequence[Conversation], questions: Se
 
 
 # --- the report --------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summarize(records: Sequence[dict], questions: Sequence[Question], methods: Sequence[str]) -> dict:

@@ -13,6 +13,14 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank `q` quantile (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
