@@ -25,6 +25,12 @@ BENCHMARKS = {
         "a scripted conversation growing to ~20k tokens against the paging server and the same vLLM engine "
         "without paging: prompt tokens, cached tokens and time to first token per turn",
     ),
+    "agent": (
+        "paged_context.bench.agent",
+        "a scripted coding agent (its own tools, 200 calls with large results, ~45k tokens of history, questions about "
+        "facts planted early) against the paging server and the same vLLM engine without paging: prompt and cached tokens, "
+        "latency and errors per step, planted facts in the prompt when asked (the default run: 25 minutes on a 2-core CPU)",
+    ),
     "locomo": (
         "paged_context.bench.locomo",
         "end-to-end LoCoMo question answering through any OpenAI-compatible endpoint (or in-process): truncation, "

@@ -430,3 +430,32 @@ def test_bench_serve_runs_both_servers(tiny, tmp_path):
     assert [r["turn"] for r in result["paged"]] == [1, 2, 3] == [r["turn"] for r in result["unpaged"]]
     assert all(r["prompt_tokens"] > 0 and r["ttft_s"] > 0 for r in result["paged"] + result["unpaged"])
     assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+def test_bench_agent_runs_both_servers(tiny, tmp_path):
+    """A short script whose history passes the tiny window on its third step or so: the
+    paging server answers every step inside the window, stock vLLM refuses from the step
+    the history outgrows it."""
+    from paged_context.cli import main
+
+    flags = "--max-model-len 1024 --dtype float32 --kv-cache-memory-bytes 268435456 --gpu-memory-utilization 0.2"
+    assert main([
+        "bench", "agent", "--model", str(tiny), "--tool-calls", "12", "--asks", "2", "--result-tokens", "1200", "--max-tokens", "8",
+        "--answer-tokens", "8", "--engine-flags", flags, "--paging-flags", "--page-tokens 128 --resident 1 2", "--out", str(tmp_path),
+    ]) == 0
+    result = json.loads((tmp_path / "agent.json").read_text())
+    paged, unpaged = result["paged"]["rows"], result["unpaged"]["rows"]
+    assert result["window"] == WINDOW and [r["step"] for r in paged] == list(range(1, result["steps"] + 1)) == [r["step"] for r in unpaged]
+    assert all("error" not in r and 0 < r["prompt_tokens"] <= WINDOW for r in paged)
+    assert paged[-1]["history_tokens"] > 3 * WINDOW and paged[-1]["evicted"]
+    first = next(r["step"] for r in unpaged if "error" in r)
+    assert 1 < first < len(unpaged) and all(r["error"].startswith("HTTP 400") for r in unpaged[first - 1 :])
+    assert all(r["prompt_tokens"] <= WINDOW for r in unpaged[: first - 1]) and paged[first - 1]["history_tokens"] > WINDOW - 8
+    asks = [r for r in paged if "ask" in r]
+    assert len(asks) == 2 and all(isinstance(r["fact_in_prompt"], bool) and isinstance(r["answer_has_fact"], bool) for r in asks)
+    assert all(r["fact_in_prompt"] == (r["fact_source"] is not None) for r in asks)
+    assert all(r["fact_in_prompt"] is False for r in unpaged if "ask" in r)  # refused: nothing was sent
+    acceptance = result["acceptance"]
+    assert acceptance["paged_completes_every_step"] and acceptance["unpaged_fails_past_window"] and acceptance["unpaged_first_refused_step"] == first
+    assert result["paged"]["summary"]["completed"] == len(paged) and result["unpaged"]["summary"]["errors"] == len(unpaged) - first + 1
+    assert (tmp_path / "agent.png").stat().st_size > 0
