@@ -33,6 +33,7 @@ class Turn:
     tool_calls: tuple[ToolCall, ...] = ()  # on an assistant turn: the tool calls it makes
     tool_call_id: str | None = None  # on a tool turn: the call it answers
     part: tuple[int, int] | None = None  # (k, n): part k of n of a turn too long for a page
+    of: str = ""  # on a part: what the whole is ("the result of read_file(...)"), so every part says
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -44,14 +45,18 @@ class Turn:
 
     @property
     def said(self) -> str:
-        """The text with the calls it makes, as a reader would want them."""
+        """The text with the calls it makes, as a reader would want them (and keywords
+        and lexical matching see it): a part also says what it is part of."""
         calls = " ".join(f"{c.name}({c.arguments})" for c in self.tool_calls)
-        return f"{self.text}\n{calls}".strip() if calls else self.text
+        said = f"{self.text}\n{calls}".strip() if calls else self.text
+        return f"{self.of}\n{said}" if self.of else said
 
     @property
     def content(self) -> str:
-        """The text as a prompt shows it: a part says which part it is."""
-        return self.text if self.part is None else f"[part {self.part[0]} of {self.part[1]}]\n{self.text}"
+        """The text as a prompt shows it: a part says which part it is, of what."""
+        if self.part is None:
+            return self.text
+        return f"[part {self.part[0]} of {self.part[1]}{' of ' + self.of if self.of else ''}]\n{self.text}"
 
     def render(self) -> str:
         return f"{self.speaker or self.role}: {self.said if self.part is None else self.content}"
@@ -100,9 +105,10 @@ def atoms(turns: Sequence[Turn]) -> list[list[Turn]]:
     return groups
 
 
-def split_long(turn: Turn, max_tokens: int, count_tokens: TokenCounter = approx_tokens) -> list[Turn]:
+def split_long(turn: Turn, max_tokens: int, count_tokens: TokenCounter = approx_tokens, of: str = "") -> list[Turn]:
     """The turn as paging units: itself, or parts of about `max_tokens` tokens each, cut at
-    line ends where lines allow. Calls stay on the last part, after the text they follow."""
+    line ends where lines allow. Calls stay on the last part, after the text they follow.
+    `of` says what the whole is, on every part (a part far from its call still names it)."""
     if count_tokens(turn.text) <= max_tokens:
         return [turn]
     pieces, current, size = [], "", 0
@@ -115,7 +121,7 @@ def split_long(turn: Turn, max_tokens: int, count_tokens: TokenCounter = approx_
     pieces.append(current)
     last = len(pieces)
     return [
-        dataclasses.replace(turn, text=piece, part=(k, last), tool_calls=turn.tool_calls if k == last else ())
+        dataclasses.replace(turn, text=piece, part=(k, last), of=of, tool_calls=turn.tool_calls if k == last else ())
         for k, piece in enumerate(pieces, start=1)
     ]
 

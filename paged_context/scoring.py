@@ -18,17 +18,11 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from functools import lru_cache
+
+from .text import stem
 
 REFUSALS = ("no information available", "not mentioned")
 _PUNCTUATION = set(string.punctuation)
-
-
-@lru_cache(maxsize=None)
-def _stemmer():
-    from nltk.stem import PorterStemmer
-
-    return PorterStemmer()
 
 
 def normalize_answer(text: str) -> str:
@@ -39,7 +33,6 @@ def normalize_answer(text: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    stem = _stemmer().stem
     return [stem(w) for w in normalize_answer(text).split()]
 
 

@@ -5,8 +5,9 @@ once a page is complete it joins the resident set, and the policy (the learned c
 by default) evicts pages when too many are resident, in batches between two watermarks so
 the prompt changes rarely and otherwise only grows at its end. Each evicted page leaves a
 bookmark, frozen when the page closed so the rendered prompt stays byte-stable. For each
-new request the controller may prefetch a few evicted pages, and the model may recall
-others with the `recall` tool.
+new request the controller may prefetch a few evicted pages, a user's question brings
+back the pages whose words it shares most (`matching`), and the model may recall others
+with the `recall` tool.
 
 Turns are paged in units: a turn, or a part of a turn too long for a page (a large tool
 result is paged in parts; the store keeps it whole). An assistant turn that calls tools
@@ -34,6 +35,7 @@ from typing import Callable, Sequence
 from . import keywords
 from .bookmarks import Bookmark
 from .calls import ToolCall
+from .matching import PageMatcher
 from .pages import Page, Turn, atoms, boundary, segment, split_long
 from .policies import NAMES as POLICY_NAMES, Policy, ResidentSet, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall
@@ -52,6 +54,7 @@ class PagingConfig:
     resident_high: int = 6  # when more pages than this are resident...
     resident_low: int = 4  # ...evict down to this many (watermarks)
     prefetch_budget: int = 3  # pages the controller may bring back per request (0: none)
+    match_budget: int = 3  # pages a user's question may bring back by naming them (word match), beside those
     max_recall_ids: int = MAX_RECALL_IDS
     keywords: str = "distinctive"
     keyword_count: int = 4
@@ -165,6 +168,8 @@ class PagedSession:
         self.count_tokens = count_tokens
         self.turns: list[Turn] = []
         self.units: list[Turn] = []  # what pages are made of: turns, long ones in parts
+        self.calls: dict[str, ToolCall] = {}  # the tool calls made so far, by id
+        self.matcher = PageMatcher()
         self.pages: dict[int, Page] = {}
         self.bookmarks: dict[int, Bookmark] = {}
         self.policy = policy or make_policy(config.policy)
@@ -177,7 +182,7 @@ class PagedSession:
         self.policy.attach([])
         if store is not None:
             self.turns = store.turns(session_id)
-            self.units = [u for t in self.turns for u in split_long(t, config.part_tokens, count_tokens)]
+            self.units = [u for t in self.turns for u in self._units(t)]
             self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
             self._close_pages()  # replay: the pages follow from the turns again
             for ref in store.references(session_id):
@@ -192,8 +197,15 @@ class PagedSession:
         if self.store is not None:
             self.store.append_turns(self.id, [turn])
         self.turns.append(turn)
-        self.units += split_long(turn, self.config.part_tokens, self.count_tokens)
+        self.units += self._units(turn)
         return turn
+
+    def _units(self, turn: Turn) -> list[Turn]:
+        """The turn as paging units; the parts of a long tool result name the call it answers."""
+        self.calls.update((c.id, c) for c in turn.tool_calls)
+        call = self.calls.get(turn.tool_call_id) if turn.tool_call_id else None
+        of = f"the result of {call.name}({call.arguments})" if call is not None else ""
+        return split_long(turn, self.config.part_tokens, self.count_tokens, of)
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -209,6 +221,7 @@ class PagedSession:
             return []
         for page in new:
             self.pages[page.id] = page
+            self.matcher.add(page.id, page.text)
         self.policy.attach(list(self.pages.values()))
         if any(page.id not in self.bookmarks for page in new):  # a session reopened from its store has them all
             model = {"complete": self.complete} if self.config.keywords in keywords.LLM_STRATEGIES else {}
@@ -249,14 +262,18 @@ class PagedSession:
 
     def plan(self, instructions: str = "") -> Request:
         """Plan the request for the turns added last (a user message, or tool results): page
-        what has become old, and let the controller prefetch for what the request asks.
-        `instructions`: the client's system prompt."""
+        what has become old, and let the controller prefetch for what the request asks; a
+        user's question also brings back the pages that match it best. `instructions`: the
+        client's system prompt."""
         evicted_now = tuple(self._close_pages())
         query = "\n".join(t.said for t in self.turns[self._last_exchange() :])
         self.policy.on_request(query)
         prefetched: tuple[int, ...] = ()
         if self.config.prefetch_budget > 0:
             prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
+        if self.turns and self.turns[-1].role == "user":  # tool results ask for the task at hand, not the past
+            named = self.matcher.best(query, self.evicted(), self.config.match_budget)
+            prefetched = tuple(dict.fromkeys([*named, *prefetched]))  # named first: making room drops from the end
         if self.store is not None and prefetched:
             self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
         return Request(query, prefetched, evicted_now, instructions)

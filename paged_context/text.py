@@ -1,11 +1,13 @@
 """Word-level text helpers shared by segmentation, keywords and the simulators.
 
-Everything here is deterministic and dependency-free so the core loads fast; engines
-that know the real tokenizer pass their own token counter instead of `approx_tokens`.
+Everything here is deterministic and loads fast (NLTK's Porter stemmer is imported on
+first use); engines that know the real tokenizer pass their own token counter instead
+of `approx_tokens`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -68,3 +70,17 @@ def jaccard(a: set[str], b: set[str]) -> float:
 def approx_tokens(text: str) -> int:
     """About four characters per token: close enough for English BPE vocabularies."""
     return max(1, (len(text) + 3) // 4)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stem(word: str) -> str:
+    """Porter's stem ('replayed', 'replaying' -> 'replay'), as LoCoMo's scorer and most
+    lexical retrieval use it."""
+    return _porter().stem(word)
+
+
+@functools.lru_cache(maxsize=None)
+def _porter():
+    from nltk.stem import PorterStemmer
+
+    return PorterStemmer()

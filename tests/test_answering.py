@@ -16,7 +16,7 @@ from paged_context.messages import Tools, parse_tools  # noqa: E402
 from paged_context.session import PagedSession, PagingConfig  # noqa: E402
 from paged_context.templates import ChatTemplate  # noqa: E402
 
-SMALL = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0)
+SMALL = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0, match_budget=0)
 READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
 SEARCH = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
 
@@ -164,7 +164,7 @@ def test_an_answer_cut_by_max_tokens_says_length(plain):
 
 def test_a_message_larger_than_the_window_is_paged_in_parts(plain):
     """A tool result of ~3x the window: stored whole, paged in parts; the prompt fits."""
-    config = PagingConfig(boundary="tokens_200", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0, part_tokens=150)
+    config = PagingConfig(boundary="tokens_200", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0, match_budget=0, part_tokens=150)
     session = paged_session(plain, turns=2, config=config)
     tools = parse_tools({"tools": [READ_FILE]})
     run(Answering(session, session.ask("read the log"), plain, 1024, tools=tools), ['read_file({"path": "app.log"})'])
@@ -178,7 +178,7 @@ def test_a_message_larger_than_the_window_is_paged_in_parts(plain):
     parts = [u for u in session.units if u.index == len(session.turns) - 2]
     assert len(parts) > 10 and "".join(u.text for u in parts) == dump
     assert any(page.turns[0].part for page in session.pages.values())
-    assert round_.messages[-1].content.startswith(f"[part {len(parts)} of {len(parts)}]")  # the end of the dump is in view
+    assert round_.messages[-1].content.startswith(f"[part {len(parts)} of {len(parts)} of the result of read_file(")  # the end of the dump is in view, and says what it is
     assert reply.paging["evicted"]
 
 

@@ -17,7 +17,7 @@ from paged_context.session import PagingConfig  # noqa: E402
 from paged_context.patches.hf_engine import HFEngine  # noqa: E402
 from paged_context.patches.hf_generation import AnswerStream, RecallConstraint  # noqa: E402
 
-SMALL = PagingConfig(boundary="tokens_60", recent_turns=2, resident_high=3, resident_low=2, policy="lru", prefetch_budget=0)
+SMALL = PagingConfig(boundary="tokens_60", recent_turns=2, resident_high=3, resident_low=2, policy="lru", prefetch_budget=0, match_budget=0)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_paged_methods_send_the_whole_conversation_with_their_options(conversati
     assert len(messages) == 42 and messages[0]["role"] == "system" and messages[-1]["content"].startswith("Question: Where?")
     assert locomo.paging_options("controller", settings())["policy"] == "learned"
     options = locomo.paging_options("bookmark_recall:tfidf", settings(resident=2))
-    assert options == {"boundary": "fixed_10", "resident_low": 2, "resident_high": 2, "policy": "lru", "prefetch_budget": 0, "keywords": "tfidf"}
+    assert options == {"boundary": "fixed_10", "resident_low": 2, "resident_high": 2, "policy": "lru", "prefetch_budget": 0, "match_budget": 0, "keywords": "tfidf"}
     assert locomo.check_method("bookmark_recall:random") == "bookmark_recall:random"
     with pytest.raises(SystemExit, match="unknown method"):
         locomo.check_method("bookmark_recall:nonsense")

@@ -3,7 +3,7 @@ import pytest
 from paged_context.session import PagedSession, PagingConfig
 from paged_context.store import SQLiteStore
 
-SMALL = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2, policy="lru", prefetch_budget=0)
+SMALL = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2, policy="lru", prefetch_budget=0, match_budget=0)
 
 
 def converse(session, n, start=0):
@@ -86,7 +86,7 @@ def test_the_controller_prefetches_the_page_with_the_fact(policy):
 
 
 def test_a_pinned_page_stays_in_view_and_the_pin_survives_a_restart(tmp_path):
-    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=1, resident_low=1, prefetch_budget=0, policy="lru")
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=1, resident_low=1, prefetch_budget=0, match_budget=0, policy="lru")
     with SQLiteStore(tmp_path / "pages.db") as store:
         session = PagedSession("s", config, store)
         for i in range(10):
@@ -136,3 +136,22 @@ def test_client_instructions_follow_the_paging_instructions():
     request = session.ask("and now?", "Answer in French.")
     system = session.render(request, "recall(...)")[0].content
     assert "bookmark" in system and system.endswith("\n\nAnswer in French.")
+
+
+def test_a_users_question_brings_back_the_pages_it_names():
+    """Beside the controller's prefetch, a question gets the pages whose (stemmed) words
+    it shares most; tool results being answered do not trigger it."""
+    from paged_context.calls import ToolCall
+
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0, match_budget=1)
+    session = PagedSession("s", config)
+    session.finish(session.ask("Our deploy replayed 4031 rows after the outage."), "Noted.")
+    for i in range(12):
+        session.finish(session.ask(f"Let's plan meal {i} with garlic and basil."), f"Meal {i} sounds good.")
+    fact = next(p for p, page in session.pages.items() if "4031" in page.text)
+    assert fact in session.evicted()
+    assert session.ask("How many rows did the replay give?").prefetched == (fact,)  # 'replay' matches 'replayed'
+    session.finish(session.plan(), "4031.")
+    session.add_turn("assistant", "", tool_calls=(ToolCall("search", '{"query": "replay rows"}', "c1"),))
+    session.add_turn("tool", "replay rows: 4031", tool_call_id="c1")
+    assert session.plan().prefetched == ()

@@ -110,7 +110,7 @@ def test_vllms_parser_for_the_model_family_reads_client_and_recall_calls():
     assert all(c.id for c in calls) and parse("no calls here", tools) is None
 
     template = ChatTemplate(tok, parse)
-    session = PagedSession("s", PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0), count_tokens=template.count_tokens)
+    session = PagedSession("s", PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=2, resident_low=1, policy="lru", prefetch_budget=0, match_budget=0), count_tokens=template.count_tokens)
     for i in range(10):
         session.finish(session.ask(f"note {i}"), f"ok {i}")
     page = session.evicted()[0]

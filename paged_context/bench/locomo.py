@@ -247,7 +247,8 @@ def paging_options(method: str, settings: Settings) -> dict:
         options = {"policy": "learned", "prefetch_budget": settings.prefetch, "keywords": strategy or "distinctive"}
     else:
         options = {"policy": "lru", "prefetch_budget": 0, "keywords": strategy or "heuristic"}
-    return {"boundary": settings.page, "resident_low": settings.resident, "resident_high": settings.resident, **options}
+    # the papers' methods: what the question names is not brought back by word match here (bm25 is its own method)
+    return {"boundary": settings.page, "resident_low": settings.resident, "resident_high": settings.resident, "match_budget": 0, **options}
 
 
 def check_method(method: str) -> str:

@@ -1,0 +1,32 @@
+"""The pages a question names: stemmed BM25 over each page's text.
+
+The learned controller prefetches what its training taught it to expect (in chat, the
+opening pages, where LoCoMo's personas live); a user who asks about "the retry limit in
+config/ingest.yaml" names a page outright. Matching the question's stemmed words
+against the pages finds it, whatever the controller's habits; `PagedSession` puts these
+pages beside the controller's for a user's question.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Hashable
+
+from .bm25 import BM25
+from .text import content_terms, stem
+
+
+def terms(text: str) -> list[str]:
+    return [stem(t) for t in content_terms(text)]
+
+
+class PageMatcher:
+    def __init__(self):
+        self.index = BM25()
+
+    def add(self, page_id: Hashable, text: str) -> None:
+        if page_id not in self.index.docs:  # a session reopened from its store adds its pages again
+            self.index.add(page_id, terms(text))
+
+    def best(self, question: str, among: Collection[Hashable], n: int) -> list[Hashable]:
+        """Up to `n` of the pages `among` that share a word with the question, best first."""
+        return self.index.top(terms(question), n, among) if n > 0 and among else []
