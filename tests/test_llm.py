@@ -9,7 +9,7 @@ from tiny_model import build  # noqa: E402
 from paged_context import PagingConfig  # noqa: E402
 from paged_context.serve import PagedLLM  # noqa: E402
 
-CONFIG = PagingConfig(boundary="tokens_64", resident_low=1, resident_high=2, prefetch_budget=1)
+CONFIG = PagingConfig(boundary="tokens_64", resident_low=1, resident_high=2, prefetch_budget=1, match_budget=1)
 VLLM_ARGS = dict(max_model_len=1024, dtype="float32", kv_cache_memory_bytes=256 << 20, gpu_memory_utilization=0.2)
 
 
