@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from paged_context import synthetic
-from paged_context import traces as tr
 from paged_context.bench import probes as bench_probes
 from paged_context.bench import traces as bench_traces
 from paged_context.controller import FEATURES, Controller, LearnedPolicy
-from paged_context.conversations import Conversation
 from paged_context.pages import Turn, segment
 from paged_context.policies import CLASSICAL_ONLINE
+from paged_context.sim import synthetic
+from paged_context.sim import traces as tr
+from paged_context.sim.conversations import Conversation
 
 PREFETCH_SPECS = ("lru+bm25", "arc+bm25", "learned+prefetch")
 GRID_SPECS = (*CLASSICAL_ONLINE, "belady", "learned")

@@ -46,13 +46,13 @@ from typing import Sequence
 
 import numpy as np
 
-from paged_context import synthetic
-from paged_context import traces as tr
 from paged_context.controller import FEATURES, Controller, LearnedPolicy
-from paged_context.conversations import Conversation, load_locomo
 from paged_context.policies import ResidentSet, count_faults, make_policy
 from paged_context.processes import cores, map_in_order
-from paged_context.probes import simulate
+from paged_context.sim import synthetic
+from paged_context.sim import traces as tr
+from paged_context.sim.conversations import Conversation, load_locomo
+from paged_context.sim.probes import simulate
 
 DISTANCE_CAP = 5000  # steps; "never again" counts as this far
 # How much each source weighs in the loss, whatever its number of decisions.
@@ -533,7 +533,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> dict:
-    from paged_context.conversations import default_locomo_path
+    from paged_context.sim.conversations import default_locomo_path
 
     from .evaluate import evaluate, model_card
 

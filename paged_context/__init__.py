@@ -9,12 +9,12 @@ engines are in `paged_context.patches`, the server and `PagedLLM` in `paged_cont
 __version__ = "0.1.0"
 
 from .bookmarks import Bookmark
-from .conversations import Conversation, Probe, load_locomo
 from .keywords import bookmarks
 from .pages import Page, Turn, segment
 from .policies import POLICIES, Policy, ResidentSet, make_policy
 from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
 from .session import PagedSession, PagingConfig
+from .sim.conversations import Conversation, Probe, load_locomo
 from .store import PageStore, SQLiteStore
 
 __all__ = [

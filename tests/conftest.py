@@ -1,6 +1,6 @@
 import pytest
 
-from paged_context.conversations import default_locomo_path
+from paged_context.sim.conversations import default_locomo_path
 
 
 @pytest.fixture(scope="session")

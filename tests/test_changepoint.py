@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from paged_context import traces as tr
 from paged_context.changepoint import RunLengthPosterior
 from paged_context.policies import count_faults, make_policy
+from paged_context.sim import traces as tr
 
 
 def test_the_posterior_follows_a_shift_of_the_mix():

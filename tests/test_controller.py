@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from paged_context import traces as tr
 from paged_context.controller import FEATURES, NOVEL_AFTER, Controller, History, LearnedPolicy, default_checkpoint
 from paged_context.pages import Turn, segment
 from paged_context.policies import ResidentSet, count_faults, make_policy
+from paged_context.sim import traces as tr
 
 torch = pytest.importorskip("torch")
 from paged_context.models.controller import ControllerNet, save_checkpoint  # noqa: E402

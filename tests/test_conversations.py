@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from paged_context.conversations import load_locomo
+from paged_context.sim.conversations import load_locomo
 
 SAMPLE = [
     {

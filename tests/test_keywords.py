@@ -2,8 +2,8 @@ import pytest
 
 from paged_context import keywords
 from paged_context.bookmarks import Bookmark
-from paged_context.conversations import load_locomo
 from paged_context.pages import Turn, segment
+from paged_context.sim.conversations import load_locomo
 from paged_context.text import normalize, words
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from locomo_sample import write
 from paged_context.bench import locomo
-from paged_context.conversations import load_locomo
+from paged_context.sim.conversations import load_locomo
 from paged_context.text import approx_tokens
 
 

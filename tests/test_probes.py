@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from paged_context.bookmarks import Bookmark
-from paged_context.conversations import Conversation, Probe
 from paged_context.pages import Turn, segment
-from paged_context.probes import pick_bookmark, simulate, split_spec
+from paged_context.sim.conversations import Conversation, Probe
+from paged_context.sim.probes import pick_bookmark, simulate, split_spec
 
 
 def conversation(probes, n=30):
@@ -92,8 +92,8 @@ def test_bench_probes_bad_data_path_is_a_clear_error(tmp_path):
 
 
 def test_the_grid_does_not_depend_on_the_number_of_processes():
-    from paged_context import synthetic
     from paged_context.bench.probes import run_grid
+    from paged_context.sim import synthetic
 
     class Count:
         n = 0

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paged_context.conversations import Conversation
 from paged_context.pages import segment
-from paged_context.synthetic import FACT_TYPES, generate, generate_many
+from paged_context.sim.conversations import Conversation
+from paged_context.sim.synthetic import FACT_TYPES, generate, generate_many
 from paged_context.text import words
 
 SEEDS = 50

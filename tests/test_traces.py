@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from paged_context import traces as tr
 from paged_context.bench import traces as bench
+from paged_context.sim import traces as tr
 
 
 def test_generator_follows_the_protocol():

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-from paged_context import traces as tr  # noqa: E402
 from paged_context.controller import Controller, LearnedPolicy  # noqa: E402
 from paged_context.models.train import Decisions, Recorder, TrainConfig, optimal_evictions, run  # noqa: E402
 from paged_context.policies import ResidentSet  # noqa: E402
+from paged_context.sim import traces as tr  # noqa: E402
 
 TINY = dict(trace_seeds=1, capacities=(4, 8), synthetic=2, boundaries=("fixed_10",), epochs=1, keep=0.2, rollouts=5, rollout_horizon=16, batch=64)
 
@@ -136,8 +136,8 @@ def test_training_from_scratch_reproduces_the_shipped_metrics(tmp_path, locomo_p
     report, not this test's to judge."""
     from pathlib import Path
 
-    from paged_context.conversations import load_locomo
     from paged_context.models.evaluate import evaluate_probes, evaluate_traces
+    from paged_context.sim.conversations import load_locomo
 
     shipped = json.loads((Path(__file__).resolve().parent.parent / "models" / "controller_metrics.json").read_text())["metrics"]
     out = tmp_path / "controller.safetensors"

@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 from .. import keywords
 from ..bm25 import BM25
-from ..conversations import Conversation, default_locomo_path, load_locomo
 from ..pages import Page, Turn, segment
 from ..scoring import score
+from ..sim.conversations import Conversation, default_locomo_path, load_locomo
 from ..text import approx_tokens, content_terms
 from .endpoints import Endpoint, HTTPEndpoint, InProcessEndpoint, NotPaged
 from .report import percentile, pyplot, save_figure, table

@@ -12,12 +12,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .. import keywords, synthetic
-from ..conversations import Conversation, default_locomo_path, load_locomo
+from .. import keywords
 from ..pages import segment
 from ..policies import NAMES, make_policy
-from ..probes import ProbeOutcome, simulate, split_spec
 from ..processes import map_in_order
+from ..sim import synthetic
+from ..sim.conversations import Conversation, default_locomo_path, load_locomo
+from ..sim.probes import ProbeOutcome, simulate, split_spec
 from .report import publish, pyplot, save_figure, table
 
 BOUNDARIES = ("fixed_5", "fixed_10", "fixed_20", "exchange_5", "topic_shift")

@@ -10,9 +10,9 @@ from typing import Hashable, Sequence
 
 from tqdm import tqdm
 
-from .. import traces as tr
 from ..policies import CLASSICAL_ONLINE, NAMES, count_faults, make_policy
 from ..processes import map_in_order
+from ..sim import traces as tr
 from .report import mean_std, publish, pyplot, save_figure, table
 
 SEEDS = tuple(range(42, 52))

@@ -23,12 +23,12 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .bookmarks import Bookmark
+from ..bm25 import BM25
+from ..bookmarks import Bookmark
+from ..pages import Page, segment
+from ..policies import Policy, ResidentSet, make_policy
+from ..text import content_terms, normalize, words
 from .conversations import Conversation, Probe
-from .pages import Page, segment
-from .bm25 import BM25
-from .policies import Policy, ResidentSet, make_policy
-from .text import content_terms, normalize, words
 
 
 @dataclass(frozen=True)

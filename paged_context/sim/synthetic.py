@@ -28,8 +28,8 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ..pages import Turn
 from .conversations import Conversation, Probe
-from .pages import Turn
 
 FACT_TYPES = ("allergy", "budget", "contact", "deadline", "medical", "number", "preference", "schedule")
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pages import Turn
+from ..pages import Turn
 
 LOCOMO_DEV = Path("shared", "data", "locomo", "locomo_dev.json")
 
@@ -42,7 +42,7 @@ def default_locomo_path() -> Path | None:
     env = os.environ.get("PAGED_CONTEXT_LOCOMO")
     if env:
         return Path(env)  # a wrong path should fail loudly where it is read, not be ignored
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     for base in (checkout.parent, Path.cwd().resolve(), *Path.cwd().resolve().parents):
         if (base / LOCOMO_DEV).exists():
             return base / LOCOMO_DEV

@@ -16,7 +16,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Hashable, Sequence
 
-from .policies import Policy
+from ..policies import Policy
 
 
 @dataclass(frozen=True)
