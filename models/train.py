@@ -47,7 +47,8 @@ from typing import Sequence
 import numpy as np
 
 from paged_context.controller import FEATURES, Controller, LearnedPolicy
-from paged_context.policies import ResidentSet, count_faults, make_policy
+from paged_context.policies import ResidentSet, count_faults
+from paged_context.policy_registry import make_policy
 from paged_context.processes import cores, map_in_order
 from paged_context.sim import synthetic
 from paged_context.sim import traces as tr

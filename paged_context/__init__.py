@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 from .bookmarks import Bookmark
 from .keywords import bookmarks
 from .pages import Page, Turn, segment
-from .policies import POLICIES, Policy, ResidentSet, make_policy
+from .policies import POLICIES, Policy, ResidentSet
+from .policy_registry import make_policy
 from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
 from .session import PagedSession, PagingConfig
 from .sim.conversations import Conversation, Probe, load_locomo

@@ -7,6 +7,8 @@ any hashables: block ids in the trace simulator, page ids in a session.
 
 Every access gets a step number, counted by the resident set. Offline policies (Belady)
 are told the whole future access sequence up front and read it by step.
+
+The learned policy is in `controller`; `policy_registry` makes any policy by name.
 """
 
 from __future__ import annotations
@@ -317,16 +319,3 @@ class Belady(Policy):
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (FIFO, LRU, LFU, RandomPolicy, ARC, ChangePointA0, Belady)}
 CLASSICAL_ONLINE = ("fifo", "lru", "lfu", "random", "arc")
-# The learned controller lives in paged_context.controller (it needs NumPy and a checkpoint).
-NAMES = (*POLICIES, "learned")
-
-
-def make_policy(name: str, seed: int = 0, controller=None) -> Policy:
-    """A policy by name; `controller` is a checkpoint path or a loaded Controller for 'learned'."""
-    if name == "learned":
-        from .controller import Controller, LearnedPolicy
-
-        return LearnedPolicy(controller if isinstance(controller, Controller) else Controller.load(controller))
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(NAMES)}")
-    return RandomPolicy(seed) if name == "random" else POLICIES[name]()

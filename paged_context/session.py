@@ -37,7 +37,8 @@ from .bookmarks import Bookmark
 from .calls import ToolCall
 from .matching import PageMatcher
 from .pages import Page, Turn, atoms, boundary, segment, split_long
-from .policies import NAMES as POLICY_NAMES, Policy, ResidentSet, make_policy
+from .policies import Policy, ResidentSet
+from .policy_registry import NAMES as POLICY_NAMES, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall
 from .store import PageStore
 from .text import TokenCounter, approx_tokens

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from paged_context.changepoint import RunLengthPosterior
-from paged_context.policies import count_faults, make_policy
+from paged_context.policies import count_faults
+from paged_context.policy_registry import make_policy
 from paged_context.sim import traces as tr
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from paged_context.controller import FEATURES, NOVEL_AFTER, Controller, History, LearnedPolicy, default_checkpoint
 from paged_context.pages import Turn, segment
-from paged_context.policies import ResidentSet, count_faults, make_policy
+from paged_context.policies import ResidentSet, count_faults
+from paged_context.policy_registry import make_policy
 from paged_context.sim import traces as tr
 
 torch = pytest.importorskip("torch")

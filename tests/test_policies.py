@@ -1,11 +1,14 @@
 import functools
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paged_context.policies import ARC, POLICIES, Belady, ResidentSet, count_faults, make_policy, next_uses
+from paged_context.policies import ARC, POLICIES, Belady, ResidentSet, count_faults, next_uses
+from paged_context.policy_registry import NAMES, make_policy
 
 traces = st.lists(st.integers(0, 7), min_size=1, max_size=120)
 
@@ -141,3 +144,10 @@ def test_misuse_is_a_clear_error():
 
 def test_next_uses():
     assert next_uses(["a", "b", "a", "c", "b"]) == [2, 4, float("inf"), float("inf"), float("inf")]
+
+
+def test_every_policy_is_made_by_name_in_a_fresh_interpreter():
+    # nothing imported before may be what fills the registry
+    code = "from paged_context.policy_registry import NAMES, make_policy; print(*(make_policy(n).name for n in NAMES))"
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert made == list(NAMES) == [*POLICIES, "learned"]

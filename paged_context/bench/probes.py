@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .. import keywords
 from ..pages import segment
-from ..policies import NAMES, make_policy
+from ..policy_registry import NAMES, make_policy
 from ..processes import map_in_order
 from ..sim import synthetic
 from ..sim.conversations import Conversation, default_locomo_path, load_locomo

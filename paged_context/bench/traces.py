@@ -10,7 +10,8 @@ from typing import Hashable, Sequence
 
 from tqdm import tqdm
 
-from ..policies import CLASSICAL_ONLINE, NAMES, count_faults, make_policy
+from ..policies import CLASSICAL_ONLINE, count_faults
+from ..policy_registry import NAMES, make_policy
 from ..processes import map_in_order
 from ..sim import traces as tr
 from .report import mean_std, publish, pyplot, save_figure, table

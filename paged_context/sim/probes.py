@@ -26,7 +26,8 @@ from typing import Sequence
 from ..bm25 import BM25
 from ..bookmarks import Bookmark
 from ..pages import Page, segment
-from ..policies import Policy, ResidentSet, make_policy
+from ..policies import Policy, ResidentSet
+from ..policy_registry import make_policy
 from ..text import content_terms, normalize, words
 from .conversations import Conversation, Probe
 
