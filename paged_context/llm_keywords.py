@@ -22,8 +22,8 @@ import re
 from collections import Counter, OrderedDict
 from typing import Callable, Sequence
 
-from . import keywords
 from .bookmarks import Bookmark, clean_keyword
+from .lexical_keywords import KeywordStrategy, heuristic_keywords
 from .pages import Page
 
 Complete = Callable[[str, int], str]  # (prompt, max_tokens) -> the model's reply
@@ -95,9 +95,8 @@ def _needs(complete: Complete | None, name: str) -> Complete:
     return complete
 
 
-@keywords.register("llm-batch")
-def llm_batch(n: int = 4, complete: Complete | None = None) -> keywords.KeywordStrategy:
-    ask_model, fallback = _needs(complete, "llm-batch"), keywords.make("heuristic", n=n)
+def llm_batch(n: int = 4, complete: Complete | None = None) -> KeywordStrategy:
+    ask_model, fallback = _needs(complete, "llm-batch"), heuristic_keywords(n=n)
 
     def strategy(pages: Sequence[Page]) -> list[Bookmark]:
         found = unshared(ask(ask_model, BATCH_PROMPT, pages, n, tokens_per_page=6 * n))
@@ -107,12 +106,14 @@ def llm_batch(n: int = 4, complete: Complete | None = None) -> keywords.KeywordS
     return strategy
 
 
-@keywords.register("hybrid")
-def hybrid(n: int = 4, complete: Complete | None = None) -> keywords.KeywordStrategy:
-    ask_model, base = _needs(complete, "hybrid"), keywords.make("heuristic", n=n)
+def hybrid(n: int = 4, complete: Complete | None = None) -> KeywordStrategy:
+    ask_model, base = _needs(complete, "hybrid"), heuristic_keywords(n=n)
 
     def strategy(pages: Sequence[Page]) -> list[Bookmark]:
         found = unshared(ask(ask_model, HYBRID_PROMPT, pages, 1, tokens_per_page=10))
         return [Bookmark(b.page_id, b.keywords + tuple(found.get(b.page_id, [])[:1])) for b in base(pages)]
 
     return strategy
+
+
+STRATEGIES = {"llm-batch": llm_batch, "hybrid": hybrid}

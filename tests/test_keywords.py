@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from paged_context import keywords
@@ -84,3 +87,11 @@ def test_strategies_plug_in_by_name():
         keywords.make("llm-batch")
     with pytest.raises(ValueError, match="unknown keyword strategy 'nope'"):
         keywords.make("nope")
+
+
+def test_every_strategy_is_named_in_a_fresh_interpreter():
+    # nothing imported before may be what fills the registry
+    code = "from paged_context.keywords import LLM_STRATEGIES, names; print(*names(), '|', *LLM_STRATEGIES)"
+    named, asks_a_model = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("|")
+    assert named.split() == ["distinctive", "heuristic", "hybrid", "llm-batch", "random", "tfidf"]
+    assert asks_a_model.split() == ["llm-batch", "hybrid"]
