@@ -42,6 +42,7 @@ def build_parser():
     g.add_argument("--resident", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"), help="resident pages: compact to LOW when over HIGH")
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
     g.add_argument("--prefetch-budget", type=int, default=3, help="pages the controller may prefetch per request")
+    g.add_argument("--match-budget", type=int, default=3, help="pages a user's question may bring back by sharing their words")
     g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
     g.add_argument(
         "--client-tool-parser", default="auto",
@@ -85,7 +86,7 @@ def paging_state(args, engine, tokenizer_count):
 
     config = PagingConfig(
         boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1],
-        policy=args.policy, prefetch_budget=args.prefetch_budget,
+        policy=args.policy, prefetch_budget=args.prefetch_budget, match_budget=args.match_budget,
     )
     from .sessions import LoopBridge
 
