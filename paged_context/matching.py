@@ -24,8 +24,7 @@ class PageMatcher:
         self.index = BM25()
 
     def add(self, page_id: Hashable, text: str) -> None:
-        if page_id not in self.index.docs:  # a session reopened from its store adds its pages again
-            self.index.add(page_id, terms(text))
+        self.index.add(page_id, terms(text))
 
     def best(self, question: str, among: Collection[Hashable], n: int) -> list[Hashable]:
         """Up to `n` of the pages `among` that share a word with the question, best first."""

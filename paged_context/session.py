@@ -269,11 +269,12 @@ class PagedSession:
         evicted_now = tuple(self._close_pages())
         query = "\n".join(t.said for t in self.turns[self._last_exchange() :])
         self.policy.on_request(query)
+        evicted = self.evicted()
         prefetched: tuple[int, ...] = ()
         if self.config.prefetch_budget > 0:
-            prefetched = tuple(self.policy.prefetch(self.evicted(), self.config.prefetch_budget, self.resident.step))
+            prefetched = tuple(self.policy.prefetch(evicted, self.config.prefetch_budget, self.resident.step))
         if self.turns and self.turns[-1].role == "user":  # tool results ask for the task at hand, not the past
-            named = self.matcher.best(query, self.evicted(), self.config.match_budget)
+            named = self.matcher.best(query, evicted, self.config.match_budget)
             prefetched = tuple(dict.fromkeys([*named, *prefetched]))  # named first: making room drops from the end
         if self.store is not None and prefetched:
             self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
