@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Collection, Hashable
 
 from .bm25 import BM25
-from .text import content_terms, stem
+from .text import content_terms, restates, stem
 
 
 def terms(text: str) -> list[str]:
@@ -27,5 +27,11 @@ class PageMatcher:
         self.index.add(page_id, terms(text))
 
     def best(self, question: str, among: Collection[Hashable], n: int) -> list[Hashable]:
-        """Up to `n` of the pages `among` that share a word with the question, best first."""
-        return self.index.top(terms(question), n, among) if n > 0 and among else []
+        """Up to `n` of the pages `among` that share a word with the question, best first,
+        but for pages the question restates (`text.restates`)."""
+        if n <= 0 or not among:
+            return []
+        asked = terms(question)
+        words = set(asked)
+        fresh = [p for p in among if not restates(words, set(self.index.docs.get(p, ())))]
+        return self.index.top(asked, n, fresh)

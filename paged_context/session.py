@@ -2,12 +2,13 @@
 
 Turns are stored durably first (when a store is given). Older turns are cut into pages;
 once a page is complete it joins the resident set, and the policy (the learned controller
-by default) evicts pages when too many are resident, in batches between two watermarks so
-the prompt changes rarely and otherwise only grows at its end. Each evicted page leaves a
-bookmark, frozen when the page closed so the rendered prompt stays byte-stable. For each
-new request the controller may prefetch a few evicted pages, a user's question brings
-back the pages whose words it shares most (`matching`), and the model may recall others
-with the `recall` tool.
+by default) evicts pages in batches between two watermarks: when too many pages are
+resident, or when the prompt fills too much of the model's window. So the prompt changes
+rarely (a compaction), and otherwise only grows at its end, which an engine's prefix cache
+keeps. Each evicted page leaves a bookmark, frozen when the page closed. For each new
+request the controller may prefetch a few evicted pages, a user's question brings back
+the pages whose words it shares most (`matching`), and the model may recall others with
+the `recall` tool.
 
 Turns are paged in units: a turn, or a part of a turn too long for a page (a large tool
 result is paged in parts; the store keeps it whole). An assistant turn that calls tools
@@ -15,15 +16,18 @@ stays with the tool results that answer it.
 
 The rendered prompt, deterministic for a given state, is a list of chat messages:
 
-    system: instructions
-    the turns of the resident pages, as the original messages, in conversation order
-    the turns not yet paged (the open page and the most recent turns)
-    system: bookmarks of the evicted pages, and the prefetched pages
+    system: instructions (the paging ones once a page has been evicted)
+    the turns of the pages in view at the last compaction, as the original messages
+    system: bookmarks of the evicted pages (prefetched ones too: the list stays put)
+    the turns of the pages closed since, and of those not yet paged (the recent turns)
+    system: the pages brought back for this request, when there are any
     the request: the new user message, or the tool call and the results it is answered with
     (assistant recall call / tool result, per recall round)
 
-Resident pages stay the original messages so a page closing changes no token, and
-the parts that change every request (bookmarks, prefetch) sit just before the request.
+Between two compactions everything before the request only grows: pages stay the original
+messages, so a page closing changes no token, and the bookmark list changes only when
+pages are evicted (or come back, or are pinned). What a request brings back sits after
+the turns, just before the request, and leaves with it.
 """
 
 from __future__ import annotations
@@ -45,15 +49,17 @@ from .text import TokenCounter, approx_tokens
 
 
 MAX_CALL_CHARS = 300
-_INT_RANGES = {"part_tokens": (16, 1 << 16)}
+_INT_RANGES = {"part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100)}
 
 
 @dataclass(frozen=True)
 class PagingConfig:
     boundary: str = "tokens_512"  # how older turns are cut into pages
     recent_turns: int = 4  # the newest turns (or parts of a long one) are never paged
-    resident_high: int = 6  # when more pages than this are resident...
+    resident_high: int = 16  # when more pages than this are resident...
     resident_low: int = 4  # ...evict down to this many (watermarks)
+    window_high: int = 85  # when the prompt (less what a request brings back) fills more than this % of the window...
+    window_low: int = 55  # ...evict down to this % (the window: the model's, less the answer's room)
     prefetch_budget: int = 3  # pages the controller may bring back per request (0: none)
     match_budget: int = 3  # pages a user's question may bring back by naming them (word match), beside those
     max_recall_ids: int = MAX_RECALL_IDS
@@ -65,6 +71,8 @@ class PagingConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.resident_low <= self.resident_high:
             raise ValueError(f"need 1 <= resident_low ({self.resident_low}) <= resident_high ({self.resident_high})")
+        if not 1 <= self.window_low <= self.window_high <= 100:
+            raise ValueError(f"need 1 <= window_low ({self.window_low}) <= window_high ({self.window_high}) <= 100")
 
     def with_options(self, options: dict) -> "PagingConfig":
         """This config with a client's overrides (names as the fields), each checked: a
@@ -180,6 +188,8 @@ class PagedSession:
             self.policy = WithPrefetch(self.policy)  # the controller prefetches whatever evicts
         self.resident = ResidentSet(config.resident_high, self.policy)
         self.pinned: set[int] = set()  # always in view, whatever the policy says
+        self.base: tuple[int, ...] | None = None  # the pages in view at the last compaction (None: none yet)
+        self.folded = 0  # the oldest evicted pages listed by number only since a compaction ran out of room
         self.policy.attach([])
         if store is not None:
             self.turns = store.turns(session_id)
@@ -237,7 +247,14 @@ class PagedSession:
             if len(self.resident) >= self.config.resident_high:
                 evicted += self.resident.shrink(self.config.resident_low - 1)
             self.resident.access(page.id)
+        if evicted:
+            self._rebase()
         return evicted
+
+    def _rebase(self) -> None:
+        """The layout changes (pages left or came back, or a pin moved): the pages in view
+        now come first, before the bookmark list; pages closed later follow it."""
+        self.base = tuple(sorted(set(self.resident.keys) | self.pinned))
 
     @property
     def paged_until(self) -> int:
@@ -253,6 +270,8 @@ class PagedSession:
         if page_id not in self.pages:
             raise KeyError(f"session {self.id!r} has no page {page_id} (pages: {sorted(self.pages) or 'none yet'})")
         (self.pinned.add if pinned else self.pinned.discard)(page_id)
+        if self.base is not None:
+            self._rebase()
         if self.store is not None:
             self.store.record_references(self.id, self.resident.step, [page_id], "pin" if pinned else "unpin")
 
@@ -312,7 +331,10 @@ class PagedSession:
         self, request: Request, tool_syntax: str | None, encode: Callable[[list[Message]], Sequence[int]], budget: int
     ) -> tuple[list[Message], Sequence[int]]:
         """The prompt and its tokens (`encode(prompt)`), shrunk with `make_room` until it
-        is at most `budget` tokens (the model's window less the answer's room)."""
+        is at most `budget` tokens (the model's window less the answer's room). On a
+        request's first round, a prompt over the high window watermark is compacted first."""
+        if not request.recalls:
+            self._compact(request, tool_syntax, encode, budget)
         while True:
             messages = self.render(request, tool_syntax)
             tokens = encode(messages)
@@ -323,6 +345,32 @@ class PagedSession:
                     f"the recent turns alone need {len(tokens)} tokens, over the budget of {budget}: "
                     "lower max_tokens, or use smaller pages (part_tokens, the page size)"
                 )
+
+    def _compact(self, request: Request, tool_syntax: str | None, encode: Callable[[list[Message]], Sequence[int]], budget: int) -> None:
+        """Evict the policy's victims, in one batch, when the standing prompt (without the
+        pages this request brings back) fills more than `window_high`% of `budget`, until
+        it would fill about `window_low`%: one prefix change now instead of one per turn
+        at the window's edge."""
+        standing = dataclasses.replace(request, prefetched=())
+        size = len(encode(self.render(standing, tool_syntax)))
+        if size * 100 <= budget * self.config.window_high:
+            return
+        target, evicted, folded = budget * self.config.window_low // 100, [], self.folded
+        while size > target:
+            excess = size - target  # evict pages worth that much, then measure again (bookmarks add a little)
+            while excess > 0 and len(self.resident):
+                victims = self.resident.shrink(len(self.resident) - 1)
+                evicted += victims
+                excess -= sum(self.pages[p].tokens for p in victims)
+            if excess > 0:  # nothing resident is left: the oldest bookmarks go to numbers only, a quarter more each time
+                marked = len(self.evicted()) - self.folded
+                if marked <= 0:
+                    break
+                self.folded += max(1, marked // 4)
+            size = len(encode(self.render(standing, tool_syntax)))
+        if evicted or self.folded != folded:
+            request.evicted_now += tuple(evicted)
+            self._rebase()
 
     def make_room(self, request: Request) -> bool:
         """Shrink the prompt when it does not fit the model's window: first drop the last
@@ -335,15 +383,16 @@ class PagedSession:
             return True
         if len(self.resident):
             request.evicted_now += tuple(self.resident.shrink(len(self.resident) - 1))
+            self._rebase()
             return True
         paged = self.paged_until
         for recent in range(len(self.units) - paged - 1, 0, -1):
             request.evicted_now += tuple(self._close_pages(recent))
             if self.paged_until > paged:
                 return True
-        marked = len([p for p in self.evicted() if p not in request.prefetched]) - request.folded
+        marked = len(self.evicted()) - max(self.folded, request.folded)
         if marked > 0:
-            request.folded += max(1, marked // 4)
+            request.folded = max(self.folded, request.folded) + max(1, marked // 4)
             return True
         return False
 
@@ -361,38 +410,44 @@ class PagedSession:
             self.resident.shrink(max(min(self.config.resident_low, self.config.resident_high - len(back)), 0))
         for page_id in back:
             self.resident.access(page_id)
+        if back:
+            self._rebase()
         return self.add_turn("assistant", answer, tool_calls=tuple(tool_calls))
 
     # --- render -------------------------------------------------------------------------
 
     def render(self, request: Request, tool_syntax: str | None = None) -> list[Message]:
-        """The prompt for `request`, the last turn asked."""
-        messages = [Message("system", instructions(tool_syntax, request.instructions, bool(self.pages)), "system")]
-        for page_id in sorted(set(self.resident.keys) | self.pinned):
-            messages += [_message(t, f"page:{page_id}") for t in self.pages[page_id].turns]
+        """The prompt for `request`, the last turn asked (the layout: the module's docstring)."""
+        messages = [Message("system", instructions(tool_syntax, request.instructions, self.base is not None), "system")]
+        in_view = set(self.resident.keys) | self.pinned
+        first = [p for p in self.base or () if p in in_view]
+        later = sorted(in_view.difference(first))
+        pages = lambda ids: [_message(t, f"page:{p}") for p in ids for t in self.pages[p].turns]  # noqa: E731
+        messages += [*pages(first), *self._bookmarks(request), *pages(later)]
         recent = self.units[self.paged_until :]
         asked = len(recent) - len(atoms(recent)[-1]) if recent else 0  # the exchange being answered...
         while 0 < asked < len(recent) and recent[asked - 1].index == recent[asked].index:
             asked -= 1  # ...with every part of its first turn still in view
         messages += [_message(t, f"turn:{t.index}") for t in recent[:asked]]
-        note = self._note(request)
-        if note:
-            messages.append(Message("system", note, "note"))
+        if request.prefetched:
+            text = "Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched])
+            messages.append(Message("system", text, "prefetch"))
         messages += [_message(t, f"turn:{t.index}") for t in recent[asked:]]
         for i, (call, result, _) in enumerate(request.recalls):
             messages += [Message("assistant", call, f"recall:{i}"), Message("tool", result, f"recall:{i}")]
         return messages
 
-    def _note(self, request: Request) -> str:
-        parts = []
-        out = [p for p in self.evicted() if p not in request.prefetched]
-        if out:
-            folded, marked = out[: request.folded], out[request.folded :]
-            older = [f"Older pages {ranges(folded)} (recall them by number)."] if folded else []
-            parts.append(" ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in marked)]))
-        if request.prefetched:
-            parts.append("Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched]))
-        return "\n\n".join(parts)
+    def _bookmarks(self, request: Request) -> list[Message]:
+        """The bookmark list of the evicted pages (none: no message), the oldest shown by
+        number only when the prompt must shrink."""
+        out = self.evicted()
+        if not out:
+            return []
+        fold = max(self.folded, request.folded)
+        folded, marked = out[:fold], out[fold:]
+        older = [f"Older pages {ranges(folded)} (recall them by number)."] if folded else []
+        text = " ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in marked)])
+        return [Message("system", text, "bookmarks")]
 
     # --- report -------------------------------------------------------------------------
 

@@ -67,6 +67,14 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+def restates(request: set[str], page: set[str], share: float = 0.8) -> bool:
+    """Whether a request already says most of what a page says (`share` of the page's
+    content words): bringing that page back would repeat the request, not add the past.
+    A long message that retells an old topic names its pages as strongly as a question
+    about them does; what tells them apart is what the page would add."""
+    return bool(page) and len(page & request) >= share * len(page)
+
+
 def approx_tokens(text: str) -> int:
     """About four characters per token: close enough for English BPE vocabularies."""
     return max(1, (len(text) + 3) // 4)

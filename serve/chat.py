@@ -72,7 +72,7 @@ def add_arguments(p) -> None:
     p.add_argument("--session", default="chat", help="session name: the same name continues a stored conversation (default 'chat')")
     p.add_argument("--max-new-tokens", type=int, default=200, help="longest answer in tokens (default 200)")
     p.add_argument("--page-tokens", type=int, default=512, help="page size in tokens (default 512)")
-    p.add_argument("--resident", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"), help="resident pages: compact down to LOW when over HIGH (default 4 6)")
+    p.add_argument("--resident", type=int, nargs=2, default=(4, 16), metavar=("LOW", "HIGH"), help="resident pages: compact down to LOW when over HIGH (default 4 16)")
     p.add_argument("--policy", default="learned", help="eviction policy (default learned: the Page Controller)")
     p.add_argument("--kv-mode", default="exact", choices=["exact", "splice"], help="KV reuse: exact prefix restore, or approximate splicing")
     p.add_argument("--kv-host-mib", type=int, default=1024, help="host memory for KV snapshots, MiB (default 1024; least recently used go first)")

@@ -39,7 +39,14 @@ def build_parser():
     g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
     g.add_argument("--db", type=Path, help="SQLite page store (None: $PAGED_CONTEXT_HOME/sessions.db)")
     g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens (a longer message is paged in parts of this size)")
-    g.add_argument("--resident", type=int, nargs=2, default=(4, 6), metavar=("LOW", "HIGH"), help="resident pages: compact to LOW when over HIGH")
+    g.add_argument(
+        "--resident", type=int, nargs=2, default=(4, 16), metavar=("LOW", "HIGH"),
+        help="resident pages: compact to LOW when over HIGH (default 4 16); --window-watermarks compacts sooner when the prompt fills the window",
+    )
+    g.add_argument(
+        "--window-watermarks", type=int, nargs=2, default=(55, 85), metavar=("LOW", "HIGH"),
+        help="when the prompt fills more than HIGH%% of the model's window, compact it to about LOW%% in one batch (default 55 85)",
+    )
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
     g.add_argument("--prefetch-budget", type=int, default=3, help="pages the controller may prefetch per request")
     g.add_argument("--match-budget", type=int, default=3, help="pages a user's question may bring back by sharing their words")
@@ -86,7 +93,7 @@ def paging_state(args, engine, tokenizer_count):
 
     config = PagingConfig(
         boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1],
-        policy=args.policy, prefetch_budget=args.prefetch_budget, match_budget=args.match_budget,
+        window_low=args.window_watermarks[0], window_high=args.window_watermarks[1], policy=args.policy, prefetch_budget=args.prefetch_budget, match_budget=args.match_budget,
     )
     from .sessions import LoopBridge
 

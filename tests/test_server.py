@@ -429,6 +429,8 @@ def test_bench_serve_runs_both_servers(tiny, tmp_path):
     result = json.loads((tmp_path / "serve.json").read_text())
     assert [r["turn"] for r in result["paged"]] == [1, 2, 3] == [r["turn"] for r in result["unpaged"]]
     assert all(r["prompt_tokens"] > 0 and r["ttft_s"] > 0 for r in result["paged"] + result["unpaged"])
+    assert all(r["computed_tokens"] == r["prompt_tokens"] - r["cached_tokens"] for r in result["paged"] + result["unpaged"])
+    assert result["summary"]["turns_both_answered"] == 3 and result["summary"]["fits_ttft_ratio"] > 0
     assert (tmp_path / "serve.png").stat().st_size > 0
 
 

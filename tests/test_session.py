@@ -35,11 +35,41 @@ def test_render_layout_and_frozen_bookmarks():
     assert all(session.bookmarks[p] == b for p, b in first.items())  # later pages change no bookmark
     messages = session.render(request, "recall(...)")
     kinds = [m.segment.split(":")[0] for m in messages]
-    assert kinds[0] == "system" and kinds[-1] == "turn" and kinds[-2] == "note"
-    pages_in_order = [int(m.segment.split(":")[1]) for m in messages if m.segment.startswith("page:")]
-    assert pages_in_order == sorted(pages_in_order) and set(pages_in_order) == session.resident.keys
-    note = messages[-2].content
-    assert all(session.bookmarks[p].render() in note for p in session.evicted())
+    assert kinds[0] == "system" and kinds.count("bookmarks") == 1 and kinds[-1] == "turn"
+    at = kinds.index("bookmarks")
+    assert set(kinds[1:at]) == {"page"} and set(kinds[at + 1 :]) <= {"page", "turn"}
+    pages = list(dict.fromkeys(int(m.segment.split(":")[1]) for m in messages if m.segment.startswith("page:")))
+    assert set(pages) == session.resident.keys and pages[: len(session.base)] == list(session.base)
+    assert all(session.bookmarks[p].render() in messages[at].content for p in session.evicted())
+
+
+def test_between_compactions_the_prompt_only_grows_at_its_end():
+    """What a prefix cache keeps: each prompt, less the request it answered and the pages
+    brought back for it, starts the next one, unless pages were evicted in between. The
+    bookmark of a page brought back stays in the list."""
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=4, resident_low=2, policy="lru", prefetch_budget=0, match_budget=1)
+    session = PagedSession("s", config)
+    previous, compactions, grown, brought = None, 0, 0, 0
+    for i in range(40):
+        request = session.ask(f"note {i}: topic{i % 7} went well" if i % 5 else f"how did topic{(i + 3) % 7} go?")
+        messages = session.render(request)
+        if request.prefetched:
+            brought += 1
+            note = next(m for m in messages if m.segment == "bookmarks").content
+            assert all(session.bookmarks[p].render() in note for p in request.prefetched)
+        if request.evicted_now:
+            compactions += 1
+        elif previous is not None:
+            assert said(messages[: len(previous)]) == said(previous), i  # the same tokens: the labels may differ
+            grown += 1
+        asked = f"turn:{session.turns[-1].index}"
+        previous = messages[: next(j for j, m in enumerate(messages) if m.segment in ("prefetch", asked))]
+        session.finish(request, f"answer {i}")
+    assert compactions and brought and grown > 2 * compactions
+
+
+def said(messages):
+    return [(m.role, m.content, m.tool_calls, m.tool_call_id) for m in messages]
 
 
 def test_recall_serves_pages_and_brings_them_back():
@@ -130,10 +160,11 @@ def test_client_instructions_follow_the_paging_instructions():
     session = PagedSession("s", SMALL)
     request = session.ask("hello", "Answer in French.")
     first = session.render(request, "recall(...)")[0]
-    assert first.content == "Answer in French."  # nothing paged yet: no paging instructions
+    assert first.content == "Answer in French."  # nothing evicted yet: no paging instructions
     session.finish(request, "bonjour")
-    request = converse(session, 6)
+    converse(session, 12)
     request = session.ask("and now?", "Answer in French.")
+    assert session.evicted()
     system = session.render(request, "recall(...)")[0].content
     assert "bookmark" in system and system.endswith("\n\nAnswer in French.")
 
@@ -155,3 +186,24 @@ def test_a_users_question_brings_back_the_pages_it_names():
     session.add_turn("assistant", "", tool_calls=(ToolCall("search", '{"query": "replay rows"}', "c1"),))
     session.add_turn("tool", "replay rows: 4031", tool_call_id="c1")
     assert session.plan().prefetched == ()
+
+
+def test_a_prompt_filling_the_window_is_compacted_in_one_batch():
+    """Past the high window watermark the policy's victims go in one batch, down to about
+    the low one, so the prefix changes once, not at every turn near the window's edge."""
+    from paged_context.text import approx_tokens
+
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, resident_high=1000, resident_low=1, policy="lru", prefetch_budget=0, match_budget=0, window_high=80, window_low=40)
+    session = PagedSession("s", config)
+    encode = lambda messages: range(sum(approx_tokens(m.content) + 4 for m in messages))  # noqa: E731
+    budget, sizes, batches = 1000, [], []
+    for i in range(60):
+        request = session.ask(f"note {i}: " + " ".join(f"word{i}x{j}" for j in range(20)))
+        _, tokens = session.render_within(request, None, encode, budget)
+        sizes.append(len(tokens))
+        if request.evicted_now:
+            batches.append(len(request.evicted_now))
+            assert len(tokens) <= budget * 0.4 + 60  # down to the low watermark (give or take the request)
+        session.finish(request, f"answer {i}")
+    assert max(sizes) <= budget * 0.8 + 60
+    assert len(batches) >= 2 and min(batches) >= 3 and len(batches) <= len(sizes) // 5
