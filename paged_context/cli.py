@@ -39,7 +39,7 @@ BENCHMARKS = {
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "
-        "(with the pinned host-to-device bandwidth on CUDA), and splice-mode drift on the real model",
+        "(with the pinned host-to-device bandwidth on CUDA), and splice-mode drift, with and without repair, on the real model",
     ),
 }
 

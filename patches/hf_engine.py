@@ -36,8 +36,11 @@ class HFEngine:
         repetition_penalty: float = 1.1,
         max_recall_rounds: int = 2,
         kv_host_limit_bytes: int | None = 1 << 30,
+        kv_repair_tokens: int = 0,
     ):
-        """`max_new_tokens`, `repetition_penalty`: the sampling defaults of `reply`."""
+        """`max_new_tokens`, `repetition_penalty`: the sampling defaults of `reply`.
+        `kv_mode` and `kv_repair_tokens` are each session's `KVCacheManager` mode and
+        `repair_tokens`."""
         from paged_context.models.default_model import resolve
 
         self.path = resolve(model)
@@ -47,7 +50,7 @@ class HFEngine:
         self.template = ChatTemplate(self.tokenizer)
         self.syntax = self.template.syntax
         self.window = int(getattr(self.model.config, "max_position_embeddings", 8192))
-        self.kv_mode = kv_mode
+        self.kv_mode, self.kv_repair_tokens = kv_mode, kv_repair_tokens
         self.sampling = Sampling(max_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
         self.max_recall_rounds = max_recall_rounds
         self.kv_pool = HostKVPool(self.device, kv_host_limit_bytes)  # all sessions' snapshots; the least recently used go first
@@ -114,10 +117,11 @@ class HFEngine:
         `on_text` receives the text generated so far as it grows."""
         kv = self.caches.get(session.id)
         if kv is None:
-            kv = self.caches[session.id] = KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool)
+            kv = self.caches[session.id] = KVCacheManager(self.model, self.kv_mode, pool=self.kv_pool, repair_tokens=self.kv_repair_tokens)
         ids, sampling = round_.prompt, round_.sampling
         boundaries = self.boundaries(round_, ids)
-        cache, reused = kv.cache_for(ids, boundaries)
+        restore = kv.start_restore(ids, boundaries)
+        cache, reused = restore.cache(), restore.tokens - restore.repaired  # repaired tokens were computed, not cached
         processors = [LogitBias(sampling.logit_bias)] if sampling.logit_bias else []
         if round_.recall is not None:  # after the bias, so a bias cannot push a call off its grammar
             processors.append(RecallConstraint(self.tokenizer, self.syntax, round_.recall.allowed, round_.recall.max_ids, len(ids), round_.recall.shared))

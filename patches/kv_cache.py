@@ -17,7 +17,11 @@ synchronous copies.
 `splice` mode (opt-in, approximate) also reuses a segment's KV at a new position after a
 different prefix, re-rotating its keys with RoPE (InfLLM/ArkVale-style). Its values, and
 the keys' content, still carry the old context, so it is not equal to a recompute:
-`splice_divergence` measures by how much.
+`splice_divergence` measures by how much. `repair_tokens` recomputes the first tokens of
+each spliced segment in the new context instead (EPIC/LegoLink's recipe, which is enough
+for chunks computed in isolation, whose first tokens turn into attention sinks).
+Exact stays the default: on the default model no repair of 16 to 256 tokens (half a
+page) brought the spliced answers back to a recompute's (`bench kv --default-model`, README).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ class KVStats:
     restores: int = 0
     restored_tokens: int = 0  # served from the pool or the live cache
     recomputed_tokens: int = 0  # left for the model to compute
-    spliced_tokens: int = 0  # reused at a new position (splice mode only)
+    spliced_tokens: int = 0  # reused at a new position (splice mode only; counted in restored_tokens)
+    repaired_tokens: int = 0  # of spliced segments, recomputed in the new context instead (counted in recomputed_tokens)
     pool: PoolStats = field(default_factory=PoolStats)  # every session's chunks and the host memory under them
 
 
@@ -65,12 +70,14 @@ class _RestoredLayer(DynamicLayer):
 @dataclass
 class Restore:
     """A restore started by `KVCacheManager.start_restore`: the KV of the first `tokens`
-    tokens, and per layer the event after which its copy has landed (None: already there)."""
+    tokens, and per layer the event after which its copy has landed (None: already there).
+    `repaired` of those tokens were computed by the restore itself (splice repair), not reused."""
 
     tokens: int
     layers: Layers
     ready: list = field(default_factory=list)
     config: object = None
+    repaired: int = 0
 
     def cache(self) -> DynamicCache:
         """A cache for the model; each layer waits for its copy when the model reaches it."""
@@ -101,15 +108,20 @@ def _token_major(k: torch.Tensor) -> torch.Tensor:
 
 class KVCacheManager:
     """One session's KV: its live cache, and its snapshots in `pool` (shared by every
-    session of an engine; without one, a private pool of `host_limit_bytes`)."""
+    session of an engine; without one, a private pool of `host_limit_bytes`). In splice
+    mode, `repair_tokens` of each spliced segment are recomputed rather than reused."""
 
-    def __init__(self, model, mode: str = "exact", host_limit_bytes: int | None = None, pool: HostKVPool | None = None):
+    def __init__(
+        self, model, mode: str = "exact", host_limit_bytes: int | None = None, pool: HostKVPool | None = None, repair_tokens: int = 0
+    ):
         if mode not in ("exact", "splice"):
             raise ValueError(f"mode must be 'exact' or 'splice', got {mode!r}")
+        if repair_tokens < 0 or (repair_tokens and mode != "splice"):
+            raise ValueError(f"repair_tokens must be >= 0, and is for splice mode only; got {repair_tokens} in {mode} mode")
         layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
         if layer_types != {"full_attention"}:
             raise ValueError(f"KV restore needs full-attention layers only, this model has {sorted(layer_types)}")
-        self.model, self.mode = model, mode
+        self.model, self.mode, self.repair_tokens = model, mode, repair_tokens
         self.device = next(model.parameters()).device
         if pool is not None and host_limit_bytes is not None:
             raise ValueError("host_limit_bytes sizes a private pool: a shared pool has its own limit")
@@ -144,16 +156,19 @@ class KVCacheManager:
             restored, layers, ready = live[0], live[1], []
         else:
             layers, ready = self._copy_in(chain)
+        repaired = 0
         if self.mode == "splice":
             self.copies.synchronize()  # splicing reads host buffers the side stream may still be writing
-            layers, spliced = self._splice(ids, layers, restored, sorted(b for b in boundaries if restored < b <= limit))
+            layers, spliced, repaired = self._splice(ids, layers, restored, sorted(b for b in boundaries if restored < b <= limit))
             ready = []  # the splice waited for the copies
-            self._stats.spliced_tokens += spliced - restored
+            self._stats.spliced_tokens += spliced - restored - repaired
+            self._stats.repaired_tokens += repaired
             restored = spliced
-        self._stats.restores += restored > 0
-        self._stats.restored_tokens += restored
-        self._stats.recomputed_tokens += len(ids) - restored
-        return Restore(restored, layers, ready, self.model.config)
+        reused = restored - repaired
+        self._stats.restores += reused > 0
+        self._stats.restored_tokens += reused
+        self._stats.recomputed_tokens += len(ids) - reused
+        return Restore(restored, layers, ready, self.model.config, repaired)
 
     def _live_prefix(self, ids: list[int], limit: int) -> tuple[int, Layers]:
         if self.live is None:
@@ -252,20 +267,36 @@ class KVCacheManager:
 
     # --- splice (approximate) -------------------------------------------------------------
 
-    def _splice(self, ids: list[int], layers: Layers, at: int, ends: list[int]) -> tuple[Layers, int]:
-        """Extend an exact prefix with stored segments found at other positions."""
-        pieces = [layers] if at else []
+    @torch.no_grad()
+    def _splice(self, ids: list[int], layers: Layers, at: int, ends: list[int]) -> tuple[Layers, int, int]:
+        """Extend an exact prefix of `at` tokens with stored segments found at other
+        positions, up to the first end none is found for. The first `repair_tokens` of
+        each segment are computed by the model after what precedes them here; the rest is
+        the stored KV, keys re-rotated. Returns the layers, where they end, and how many
+        tokens were repaired."""
+        found = []
         for end in ends:
-            key = prefix_keys(ids[at:end], [end - at])[end - at]
-            chunk = self.pool.segment(self.owner, key)
+            chunk = self.pool.segment(self.owner, prefix_keys(ids[at:end], [end - at])[end - at])
             if chunk is None:
                 break
-            moved = [chunk.layer(i) for i in range(len(chunk.host))]
-            pieces.append([(rotate_keys(self.model, k.to(self.device), at - chunk.start), v.to(self.device)) for k, v in moved])
+            found.append((at, chunk))
             at = end
-        if not pieces:
-            return [], 0
-        return [(torch.cat([p[i][0] for p in pieces], -2), torch.cat([p[i][1] for p in pieces], -2)) for i in range(len(pieces[0]))], at
+        if not found:
+            return layers, at, 0
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        repaired = 0
+        for start, chunk in found:
+            n = min(self.repair_tokens, chunk.end - chunk.start)
+            if n:  # appends the n tokens' new KV to the cache
+                positions = torch.arange(start, start + n, device=self.device)[None]
+                self.model(torch.tensor([ids[start : start + n]], device=self.device), past_key_values=cache, position_ids=positions, logits_to_keep=1)
+            for i in range(len(chunk.host)):
+                k, v = chunk.layer(i)
+                cache.update(rotate_keys(self.model, k[..., n:, :].to(self.device), start - chunk.start), v[..., n:, :].to(self.device), i)
+            repaired += n
+        return _layers(cache), at, repaired
 
 
 def rotate_keys(model, keys: torch.Tensor, delta: int) -> torch.Tensor:
@@ -283,42 +314,52 @@ def rotate_keys(model, keys: torch.Tensor, delta: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def splice_divergence(model, before: Sequence[int], segment: Sequence[int], context: Sequence[int], after: Sequence[int], steps: int = 16) -> dict:
-    """How far splicing is from recomputing. The segment's KV is computed after `before`,
-    then reused (re-rotated) after `context` instead; `after` follows. Returns the max
-    absolute logit difference and KL(recompute || splice) at the next token, and the share
-    of `steps` greedy tokens on which both agree."""
+def splice_divergence(
+    model, before: Sequence[int], segment: Sequence[int], context: Sequence[int], after: Sequence[int], repairs: Sequence[int] = (0,), steps: int = 16
+) -> list[dict]:
+    """How far splicing is from recomputing, through a splice-mode manager: the segment's
+    KV is stored after `before`, then restored after `context` instead, with each of
+    `repairs` as the manager's `repair_tokens`; `after` follows. Per repair: the max
+    absolute logit difference and KL(recompute || splice) at the next token, and the
+    share of `steps` greedy tokens on which both agree."""
     device = next(model.parameters()).device
-    source = DynamicCache(config=model.config)
-    model(torch.tensor([list(before) + list(segment)], device=device), past_key_values=source)
-    seg = [(k[..., len(before) :, :], v[..., len(before) :, :]) for k, v in _layers(source)]
-    spliced = DynamicCache(config=model.config)
-    model(torch.tensor([list(context)], device=device), past_key_values=spliced)
-    for i, (k, v) in enumerate(seg):
-        spliced.update(rotate_keys(model, k, len(context) - len(before)), v, i)
-    full_ids = list(context) + list(segment) + list(after)
-    recompute = model(torch.tensor([full_ids], device=device)).logits[0, -1]
-    offset = len(context) + len(segment)
-    splice = model(
-        torch.tensor([list(after)], device=device), past_key_values=spliced,
-        position_ids=torch.arange(offset, offset + len(after), device=device)[None],
-    ).logits[0, -1]
-    p, q = torch.log_softmax(recompute, -1), torch.log_softmax(splice, -1)
-    agree = _greedy_agreement(model, full_ids, spliced, recompute, splice, offset + len(after), steps)
-    return {
-        "max_logit_diff": (recompute - splice).abs().max().item(),
-        "kl": torch.sum(p.exp() * (p - q)).item(),
-        "greedy_agreement": agree,
-    }
-
-
-def _greedy_agreement(model, ids, spliced: DynamicCache, recompute, splice, position: int, steps: int) -> float:
-    device = recompute.device
+    tensor = lambda ids: torch.tensor([list(ids)], device=device)  # noqa: E731
+    stored, full, offset = [*before, *segment], [*context, *segment, *after], len(context) + len(segment)
+    sources = []
+    for ids, ends in ((stored, [len(before), len(stored)]), (list(context), [len(context)])):
+        cache = DynamicCache(config=model.config)
+        model(tensor(ids), past_key_values=cache)
+        sources.append((ids, cache, ends))
     exact = DynamicCache(config=model.config)
-    model(torch.tensor([ids], device=device), past_key_values=exact)
-    a, b, same = recompute.argmax().item(), splice.argmax().item(), 0
-    for i in range(steps):
-        same += a == b
-        a = model(torch.tensor([[a]], device=device), past_key_values=exact).logits[0, -1].argmax().item()
-        b = model(torch.tensor([[b]], device=device), past_key_values=spliced, position_ids=torch.tensor([[position + i]], device=device)).logits[0, -1].argmax().item()
-    return same / steps
+    recompute = model(tensor(full), past_key_values=exact).logits[0, -1]
+    reference = _greedy(model, exact, recompute, steps)
+    p = torch.log_softmax(recompute, -1)
+    rows = []
+    for repair in repairs:
+        manager = KVCacheManager(model, "splice", repair_tokens=repair)
+        for ids, cache, ends in sources:
+            manager.remember(ids, cache, ends)
+        manager.live = None  # the context from the pool, the segment spliced after it
+        restore = manager.start_restore(full, [len(context), offset])
+        if restore.tokens != offset:
+            raise RuntimeError(f"the segment was not spliced: restored {restore.tokens} tokens of {offset}")
+        spliced = restore.cache()
+        splice = model(tensor(after), past_key_values=spliced).logits[0, -1]
+        q = torch.log_softmax(splice, -1)
+        greedy = _greedy(model, spliced, splice, steps)
+        rows.append({
+            "repair_tokens": repair,
+            "repaired_tokens": restore.repaired,
+            "max_logit_diff": (recompute - splice).abs().max().item(),
+            "kl": torch.sum(p.exp() * (p - q)).item(),
+            "greedy_agreement": sum(a == b for a, b in zip(reference, greedy)) / steps,
+        })
+    return rows
+
+
+def _greedy(model, cache: DynamicCache, logits: torch.Tensor, steps: int) -> list[int]:
+    """`steps` greedy tokens from `logits` on, the cache extended as they are fed back."""
+    tokens = [logits.argmax().item()]
+    while len(tokens) < steps:
+        tokens.append(model(torch.tensor([[tokens[-1]]], device=logits.device), past_key_values=cache).logits[0, -1].argmax().item())
+    return tokens

@@ -30,7 +30,8 @@ def main(args) -> None:
     from paged_context.store import SQLiteStore
 
     engine = HFEngine(
-        args.model, device=args.device, kv_mode=args.kv_mode, max_new_tokens=args.max_new_tokens, kv_host_limit_bytes=args.kv_host_mib << 20
+        args.model, device=args.device, kv_mode=args.kv_mode, max_new_tokens=args.max_new_tokens, kv_host_limit_bytes=args.kv_host_mib << 20,
+        kv_repair_tokens=args.kv_repair_tokens,
     )
     config = PagingConfig(
         boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1], policy=args.policy
@@ -75,5 +76,6 @@ def add_arguments(p) -> None:
     p.add_argument("--resident", type=int, nargs=2, default=(4, 16), metavar=("LOW", "HIGH"), help="resident pages: compact down to LOW when over HIGH (default 4 16)")
     p.add_argument("--policy", default="learned", help="eviction policy (default learned: the Page Controller)")
     p.add_argument("--kv-mode", default="exact", choices=["exact", "splice"], help="KV reuse: exact prefix restore, or approximate splicing")
+    p.add_argument("--kv-repair-tokens", type=int, default=0, metavar="N", help="--kv-mode splice: recompute the first N tokens of each spliced page (default 0)")
     p.add_argument("--kv-host-mib", type=int, default=1024, help="host memory for KV snapshots, MiB (default 1024; least recently used go first)")
     p.add_argument("--device", help="torch device (default cuda when available, else cpu)")

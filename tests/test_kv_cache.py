@@ -122,8 +122,64 @@ def test_splice_mode_reuses_segments_and_reports_its_drift(model):
     again, again_ends = prompt(system, page, other, question)  # both segments known, at new places
     out, n, _ = logits_with(model, manager, again, again_ends)
     assert n > 20 and manager.stats().spliced_tokens > 0
-    drift = splice_divergence(model, other, page, system, question)
-    assert drift["max_logit_diff"] > 0 and drift["kl"] >= 0 and 0 <= drift["greedy_agreement"] <= 1
+    rows = splice_divergence(model, other, page, system, question, repairs=(0, 8, 20))
+    assert [(r["repair_tokens"], r["repaired_tokens"]) for r in rows] == [(0, 0), (8, 8), (20, 20)]
+    assert rows[0]["max_logit_diff"] > 0 and rows[0]["kl"] >= 0 and 0 <= rows[0]["greedy_agreement"] <= 1
+    assert rows[2]["max_logit_diff"] < 1e-4 and rows[2]["greedy_agreement"] == 1  # the whole page recomputed
+
+
+def spliced(model, repair_tokens, first, second, question):
+    """A splice-mode manager that stored `first` + `second` after one prefix and restores
+    them swapped after another; the restore, and the prompt it was for."""
+    manager = KVCacheManager(model, mode="splice", repair_tokens=repair_tokens)
+    old, new = segment(30), segment(31)
+    for ids, ends in (prompt(old, first, second), prompt(new)):
+        manager.remember(ids, logits_with(model, manager, ids)[2], ends)
+    manager.live = None
+    ids, ends = prompt(new, second, first, question)
+    return manager, manager.start_restore(ids, ends), ids
+
+
+def test_repairing_whole_segments_equals_recomputing_them(model):
+    first, second, question = segment(32), segment(33), segment(34, 6)
+    manager, restore, ids = spliced(model, 20, first, second, question)
+    assert (restore.tokens, restore.repaired) == (60, 40)
+    with torch.no_grad():
+        out = model(torch.tensor([ids[60:]]), past_key_values=restore.cache()).logits[0, -1]
+    assert (out - full_logits(model, ids)).abs().max().item() < 1e-4
+    stats = manager.stats()
+    assert (stats.spliced_tokens, stats.repaired_tokens) == (0, 40)
+    assert stats.restored_tokens + stats.recomputed_tokens == 60 + 20 + len(ids)  # the two stored prompts, then the spliced one
+
+
+def test_a_repair_recomputes_the_first_tokens_and_rotates_the_rest(model):
+    first, second, question = segment(32), segment(33), segment(34, 6)
+    source = DynamicCache(config=model.config)
+    recompute = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.tensor([segment(30) + first + second]), past_key_values=source)
+        model(torch.tensor([segment(31) + second]), past_key_values=recompute)
+    for repair in (0, 5):
+        manager, restore, _ = spliced(model, repair, first, second, question)
+        assert (restore.tokens, restore.repaired) == (60, 2 * repair)
+        stats = manager.stats()
+        assert (stats.spliced_tokens, stats.repaired_tokens) == (40 - 2 * repair, 2 * repair)
+        for layer, (k, v) in enumerate(restore.layers):
+            old_k, old_v = source.layers[layer].keys, source.layers[layer].values
+            # `second`, stored at 40..60, now at 20..40: its first tokens recomputed after `new` alone, as a full recompute has them
+            assert torch.allclose(k[..., 20 : 20 + repair, :], recompute.layers[layer].keys[..., 20 : 20 + repair, :], atol=1e-5)
+            assert torch.allclose(v[..., 20 : 20 + repair, :], recompute.layers[layer].values[..., 20 : 20 + repair, :], atol=1e-5)
+            # the rest is today's splice: the stored KV, keys re-rotated by the move
+            assert torch.allclose(k[..., 20 + repair : 40, :], rotate_keys(model, old_k[..., 40 + repair :, :], -20), atol=1e-6)
+            assert torch.equal(v[..., 20 + repair : 40, :], old_v[..., 40 + repair :, :])
+            assert torch.allclose(k[..., 40 + repair :, :], rotate_keys(model, old_k[..., 20 + repair : 40, :], 20), atol=1e-6)
+
+
+def test_repair_is_for_splice_mode_only(model):
+    with pytest.raises(ValueError, match="splice mode only"):
+        KVCacheManager(model, repair_tokens=16)
+    with pytest.raises(ValueError, match=">= 0"):
+        KVCacheManager(model, mode="splice", repair_tokens=-1)
 
 
 def test_bench_kv_runs(tmp_path):
@@ -244,3 +300,30 @@ def test_forgetting_100_sessions_gives_their_host_memory_back(tmp_path):
     request = session.ask("and the budget?")
     reused, error = restore_error(engine, kv, engine.template.encode(session.render(request, "")))
     assert reused > 0 and error < 1e-4
+
+
+def test_bench_kv_splice_study_runs_on_a_local_model(tmp_path):
+    import argparse
+
+    from paged_context.bench import kv
+
+    parser = argparse.ArgumentParser()
+    kv.add_arguments(parser)
+    args = ["--model", str(build(tmp_path / "tiny")), "--pages", "32", "--repeats", "1", "--device", "cpu", "--splice-page-tokens", "48"]
+    splice = kv.main(parser.parse_args([*args, "--out", str(tmp_path / "out")]))["splice"]
+    assert splice["data"] == "synthetic conversations" and splice["page_tokens"] == 48
+    assert [r["repair_tokens"] for r in splice["repairs"]] == list(kv.SPLICE_REPAIRS)
+    assert all(r["cases"] == kv.SPLICE_CASES for r in splice["repairs"])
+    shares = [r["recomputed_share"] for r in splice["repairs"]]
+    assert shares[0] == 0 and shares == sorted(shares) and shares[-1] <= 1
+    for row in splice["cases"]:
+        assert row["repaired_tokens"] == min(row["repair_tokens"], row["segment_tokens"])
+        assert 0 <= row["greedy_agreement"] <= 1 and row["kl"] >= -1e-6
+        if row["repaired_tokens"] == row["segment_tokens"]:  # the whole page recomputed: a recompute
+            assert row["max_logit_diff"] < 1e-4 and row["greedy_agreement"] == 1
+
+
+def test_the_engine_gives_each_session_its_repair_and_reports_it(tmp_path):
+    engine = HFEngine(build(tmp_path / "tiny"), kv_mode="splice", kv_repair_tokens=8, max_new_tokens=2, repetition_penalty=1.0)
+    reply = engine.reply(engine.session("s", PagingConfig()), "the locker code is 42")
+    assert engine.caches["s"].repair_tokens == 8 and reply.paging["kv"]["repaired_tokens"] == 0  # nothing to splice yet

@@ -1,9 +1,9 @@
 """`bench kv`: restoring a page's KV from the host pool against recomputing it, for page
 sizes of 512, 2,048 and 8,192 tokens, on whatever device is present; what a recalled
 page's restore adds to a turn; on CUDA, restore bandwidth against a plain pinned
-host-to-device copy; and how far the approximate splice mode drifts from a recompute on
-the real model. `--shape llama-8b` builds an 8B Llama shape with random weights (no
-download), the shape of the GPU acceptance figures."""
+host-to-device copy; and how far the approximate splice mode, with and without repair,
+drifts from a recompute on the real model. `--shape llama-8b` builds an 8B Llama shape
+with random weights (no download), the shape of the GPU acceptance figures."""
 
 from __future__ import annotations
 
@@ -141,29 +141,103 @@ def pinned_bandwidth(nbytes: int, device, repeats: int) -> float:
     return nbytes / _timed(lambda: target.copy_(host, non_blocking=True), device, repeats) / 1e9
 
 
-SPLICE_TEXTS = [
-    ("My sister Ingrid moved to Oslo last spring and works at a bakery near the harbour.", "Tell me about your weekend plans."),
-    ("The kitchen renovation budget is 2,400 dollars and the work starts on May 7.", "What should I cook tonight?"),
-    ("I take metformin, 500 mg, twice a day with meals.", "Any tips for sleeping better?"),
-]
+SPLICE_REPAIRS = (0, 16, 32, 64, 256)  # first tokens of the spliced page recomputed: none, EPIC-like sizes, half a page
+SPLICE_CASES = 6  # conversations, one returning page each
+SPLICE_SEED = 0
+SPLICE_SYSTEM = "You are a helpful assistant. Answer from the conversation above."
+# what a repair must reach on every case to be called in agreement with a recompute
+# (and so become the default): at least 95% of the greedy tokens the same as a
+# recompute's, and next-token KL under 0.01 nats
+AGREE_GREEDY, AGREE_KL = 0.95, 0.01
 
 
-def splice_study(model, tokenizer) -> list[dict]:
-    """Reuse a page's KV after a different prefix (re-rotated) vs recomputing it."""
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    system = {"role": "system", "content": SPLICE_SYSTEM}
+    return tokenizer.apply_chat_template([system, *messages], tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _encode(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    """The tokens `messages` add after the system message, under the model's chat template
+    (ChatML-like templates render each message on its own, so the pieces concatenate)."""
+    head, text = _render(tokenizer, []), _render(tokenizer, messages, generation_prompt)
+    if not text.startswith(head):
+        raise ValueError("the chat template does not render messages one after another: cannot cut a prompt into pages")
+    return tokenizer(text[len(head) :], add_special_tokens=False).input_ids
+
+
+def splice_cases(conversations, tokenizer, page_tokens: int, seed: int = SPLICE_SEED) -> list[dict]:
+    """One case per conversation: a page holding the evidence of one of its questions
+    (at random, `seed`), stored after the page before it and spliced after another page
+    instead, then asked the question. Conversations with no such page are skipped."""
+    import random
+
+    from ..pages import segment
+
+    rng = random.Random(seed)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    page_ids = lambda page: _encode(tokenizer, [{"role": t.role, "content": t.content} for t in page.turns])  # noqa: E731
+    system = tokenizer(_render(tokenizer, []), add_special_tokens=False).input_ids
+    cases = []
+    for conversation in conversations:
+        pages = segment(conversation.turns, f"tokens_{page_tokens}", count)
+        page_of = {t.index: k for k, page in enumerate(pages) for t in page.turns}
+        asked = [p for p in conversation.probes if len({page_of.get(e, 0) for e in p.evidence}) == 1 and page_of.get(p.evidence[0], 0) > 0]
+        if not asked or len(pages) < 3:
+            continue
+        probe = rng.choice(asked)
+        k = page_of[probe.evidence[0]]
+        other = rng.choice([j for j in range(len(pages)) if j not in (k - 1, k)])
+        cases.append({
+            "case": f"{conversation.id}: page {k + 1} after page {other + 1} (stored after page {k})",
+            "before": system + page_ids(pages[k - 1]),
+            "segment": page_ids(pages[k]),
+            "context": system + page_ids(pages[other]),
+            "after": _encode(tokenizer, [{"role": "user", "content": probe.question}], generation_prompt=True),
+        })
+    return cases
+
+
+def splice_study(model, tokenizer, conversations, page_tokens: int) -> dict:
+    """A returning page's KV reused after another prefix (keys re-rotated), with each of
+    SPLICE_REPAIRS of its first tokens recomputed, against recomputing it: per case and
+    repair, and per repair over all cases, with whether it agrees (AGREE_*)."""
     from ..patches.kv_cache import splice_divergence
 
     rows = []
-    for fact, other in SPLICE_TEXTS:
-        enc = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-        before, segment = enc("user: " + other + "\n"), enc("user: " + fact + "\n")
-        context = enc("system: You are a helpful assistant.\nuser: Hello there!\nassistant: Hi! How can I help?\n")
-        after = enc("user: What do you remember about that?\nassistant:")
-        rows.append({"segment_tokens": len(segment), **splice_divergence(model, before, segment, context, after)})
-    return rows
+    for case in tqdm(splice_cases(conversations, tokenizer, page_tokens), desc="splice study", unit="case", disable=None):
+        segment = case["segment"]
+        for row in splice_divergence(model, case["before"], segment, case["context"], case["after"], SPLICE_REPAIRS):
+            rows.append({"case": case["case"], "segment_tokens": len(segment), "shift": len(case["context"]) - len(case["before"]), **row})
+    summary = []
+    for repair in SPLICE_REPAIRS:
+        mine = [r for r in rows if r["repair_tokens"] == repair]
+        summary.append({
+            "repair_tokens": repair,
+            "cases": len(mine),
+            "recomputed_share": sum(r["repaired_tokens"] for r in mine) / sum(r["segment_tokens"] for r in mine),
+            "max_logit_diff_mean": statistics.mean(r["max_logit_diff"] for r in mine),
+            "max_logit_diff_max": max(r["max_logit_diff"] for r in mine),
+            "kl_mean": statistics.mean(r["kl"] for r in mine),
+            "kl_max": max(r["kl"] for r in mine),
+            "greedy_agreement_mean": statistics.mean(r["greedy_agreement"] for r in mine),
+            "greedy_agreement_min": min(r["greedy_agreement"] for r in mine),
+            "agrees": all(r["greedy_agreement"] >= AGREE_GREEDY and r["kl"] < AGREE_KL for r in mine),
+        })
+    return {"page_tokens": page_tokens, "cases": rows, "repairs": summary}
+
+
+def _conversations(data: Path | None) -> tuple[list, str]:
+    """The splice study's conversations: a LoCoMo-format file, else synthetic ones."""
+    from ..sim import synthetic
+    from ..sim.conversations import load_locomo
+
+    if data is not None:
+        return load_locomo(data)[:SPLICE_CASES], f"LoCoMo-format {data.name}"
+    return synthetic.generate_many(SPLICE_CASES, SPLICE_SEED), "synthetic conversations"
 
 
 def run(model_path: Path | None, pages, repeats: int, device_name: str | None, dtype_name: str | None, splice: bool,
-        shape: str = "smollm2", layers: int | None = None) -> dict:
+        shape: str = "smollm2", layers: int | None = None, splice_data: Path | None = None, splice_page_tokens: int = 512) -> dict:
     import torch
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -188,7 +262,8 @@ def run(model_path: Path | None, pages, repeats: int, device_name: str | None, d
     if splice and model_path is not None:
         from transformers import AutoTokenizer
 
-        result["splice"] = splice_study(model, AutoTokenizer.from_pretrained(model_path))
+        conversations, source = _conversations(splice_data)
+        result["splice"] = {"data": source, **splice_study(model, AutoTokenizer.from_pretrained(model_path), conversations, splice_page_tokens)}
     return result
 
 
@@ -234,11 +309,20 @@ def report(result: dict) -> str:
     if result["acceptance"]:
         out.append("targets (the issue's, for an 8B shape on a GPU):\n" + "\n".join(f"  {'pass' if ok else 'FAIL'}  {name}" for name, ok in result["acceptance"].items()))
     if result.get("splice"):
+        splice = result["splice"]
         out.append(
             table(
-                ["segment tokens", "max abs logit diff", "KL(recompute, splice)", "greedy agreement"],
-                [[r["segment_tokens"], f"{r['max_logit_diff']:.3f}", f"{r['kl']:.4f}", f"{r['greedy_agreement']:.2f}"] for r in result["splice"]],
-                title="Splice mode (a page's KV reused after another prefix, keys re-rotated) against recompute",
+                ["repair tokens", "page recomputed", "max abs logit diff: mean / max", "KL(recompute, splice): mean / max",
+                 "greedy agreement: mean / min", "agrees"],
+                [
+                    [r["repair_tokens"], f"{100 * r['recomputed_share']:.1f}%", f"{r['max_logit_diff_mean']:.2f} / {r['max_logit_diff_max']:.2f}",
+                     f"{r['kl_mean']:.4f} / {r['kl_max']:.4f}", f"{r['greedy_agreement_mean']:.2f} / {r['greedy_agreement_min']:.2f}",
+                     "yes" if r["agrees"] else "no"]
+                    for r in splice["repairs"]
+                ],
+                title=f"Splice mode against recompute: a returning page of ~{splice['page_tokens']} tokens ({splice['data']}, "
+                f"{splice['repairs'][0]['cases']} cases) reused after another page, keys re-rotated, its first tokens recomputed; "
+                f"agrees: greedy agreement >= {AGREE_GREEDY} and KL < {AGREE_KL} on every case",
             )
         )
     return "\n\n".join(out)
@@ -267,7 +351,9 @@ def main(args) -> dict:
         from ..models.default_model import pull
 
         model_path = pull()
-    result = run(model_path, args.pages, args.repeats, args.device, args.dtype, not args.no_splice, args.shape, args.layers)
+    result = run(
+        model_path, args.pages, args.repeats, args.device, args.dtype, not args.no_splice, args.shape, args.layers, args.splice_data, args.splice_page_tokens
+    )
     return publish(result, report(result), args.out, "kv", plot)
 
 
@@ -281,4 +367,6 @@ def add_arguments(p) -> None:
     p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default bfloat16 for llama-8b, else float32)")
     p.add_argument("--no-splice", action="store_true", help="skip the splice-vs-recompute study (it needs a real model)")
+    p.add_argument("--splice-data", type=Path, help="the splice study's conversations: a LoCoMo-format file (default: synthetic ones)")
+    p.add_argument("--splice-page-tokens", type=int, default=512, help="the splice study's page size in tokens (default 512, as in chat)")
     p.add_argument("--out", type=Path, help="write kv.json and kv.png here")
