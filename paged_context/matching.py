@@ -14,6 +14,9 @@ from typing import Collection, Hashable
 from .bm25 import BM25
 from .text import content_terms, stem
 
+# Pages a question is scored against in full, at least: a few times what it brings back.
+SHORTLIST = 16
+
 
 def terms(text: str) -> list[str]:
     return [stem(t) for t in content_terms(text)]
@@ -27,5 +30,10 @@ class PageMatcher:
         self.index.add(page_id, terms(text))
 
     def best(self, question: str, among: Collection[Hashable], n: int) -> list[Hashable]:
-        """Up to `n` of the pages `among` that share a word with the question, best first."""
-        return self.index.top(terms(question), n, among) if n > 0 and among else []
+        """Up to `n` of the pages `among` that share a word with the question, best first,
+        from the index's shortlist (`BM25.shortlist`: exact for a short conversation, and
+        at any length for the question's rarer words), so the cost does not grow with the
+        conversation."""
+        if n <= 0 or not among:
+            return []
+        return [page for page, score in self.index.shortlist(terms(question), max(n, SHORTLIST), among) if score > 0][:n]
