@@ -24,6 +24,12 @@ The rendered prompt, deterministic for a given state, is a list of chat messages
 
 Resident pages stay the original messages so a page closing changes no token, and
 the parts that change every request (bookmarks, prefetch) sit just before the request.
+
+The work per request does not grow with the conversation: pages close as turns come
+(`Segmenter`), each bookmark is made once as its page closes, the controller and the
+question matching score a shortlist of pages (`BM25.shortlist`), the evicted pages are
+a view, never a list (`Evicted`), and the note lists the newest `max_bookmarks` of them
+and the older ones by number.
 """
 
 from __future__ import annotations
@@ -31,15 +37,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from itertools import islice
+from typing import Callable, Iterator, Sequence
 from . import keywords
 from .bookmarks import Bookmark
 from .calls import ToolCall
+from .controller import SHORTLIST, WithPrefetch
 from .matching import PageMatcher
-from .pages import Page, Turn, atoms, boundary, segment, split_long
+from .pages import Page, Segmenter, Turn, atoms, boundary, split_long
 from .policies import Policy, ResidentSet
 from .policy_registry import NAMES as POLICY_NAMES, make_policy
-from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall
+from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall, show_runs
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
 
@@ -61,6 +69,7 @@ class PagingConfig:
     keyword_count: int = 4
     policy: str = "learned"
     part_tokens: int = 512  # a turn longer than this is paged in parts of about this size
+    max_bookmarks: int = 64  # the note lists the newest evicted pages' bookmarks, older pages by number
 
     def __post_init__(self) -> None:
         if not 1 <= self.resident_low <= self.resident_high:
@@ -158,7 +167,6 @@ class PagedSession:
     ):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it."""
         self.id = session_id
-        self.complete = complete
         self.owner = owner
         if store is not None:
             store.create_session(session_id, owner, config.to_json())
@@ -170,17 +178,19 @@ class PagedSession:
         self.turns: list[Turn] = []
         self.units: list[Turn] = []  # what pages are made of: turns, long ones in parts
         self.calls: dict[str, ToolCall] = {}  # the tool calls made so far, by id
+        self._counted = (0, 0)  # turns that history_tokens counted, and their tokens
+        self.segmenter = Segmenter(config.boundary, count_tokens)
         self.matcher = PageMatcher()
         self.pages: dict[int, Page] = {}
         self.bookmarks: dict[int, Bookmark] = {}
-        self.policy = policy or make_policy(config.policy)
+        model = {"complete": complete} if config.keywords in keywords.LLM_STRATEGIES else {}
+        self.keyword_strategy = keywords.incremental(config.keywords, n=config.keyword_count, **model)
+        # the controller scores a shortlist of pages, so a request costs the same at any length
+        self.policy = policy or make_policy(config.policy, shortlist=SHORTLIST)
         if config.prefetch_budget and not hasattr(self.policy, "prefetch"):
-            from .controller import WithPrefetch
-
-            self.policy = WithPrefetch(self.policy)  # the controller prefetches whatever evicts
+            self.policy = WithPrefetch(self.policy, shortlist=SHORTLIST)  # the controller prefetches whatever evicts
         self.resident = ResidentSet(config.resident_high, self.policy)
         self.pinned: set[int] = set()  # always in view, whatever the policy says
-        self.policy.attach([])
         if store is not None:
             self.turns = store.turns(session_id)
             self.units = [u for t in self.turns for u in self._units(t)]
@@ -215,20 +225,17 @@ class PagedSession:
         recent turns by default) into pages; returns the ids evicted to make room. The
         last unit is never paged: a request always shows what it answers."""
         recent = self.config.recent_turns if recent is None else recent
-        older = self.units[: max(len(self.units) - max(recent, 1), 0)]
-        closed = segment(older, self.config.boundary, self.count_tokens)[:-1]  # the last one is still open
-        new = [p for p in closed if p.id not in self.pages]
+        older = max(len(self.units) - max(recent, 1), 0)
+        new = [page for unit in self.units[self.segmenter.fed : older] for page in self.segmenter.add(unit)]
         if not new:
             return []
         for page in new:
             self.pages[page.id] = page
             self.matcher.add(page.id, page.text)
-        self.policy.attach(list(self.pages.values()))
-        if any(page.id not in self.bookmarks for page in new):  # a session reopened from its store has them all
-            model = {"complete": self.complete} if self.config.keywords in keywords.LLM_STRATEGIES else {}
-            marks = keywords.bookmarks(list(self.pages.values()), self.config.keywords, n=self.config.keyword_count, **model)
-            for mark in marks:
-                self.bookmarks.setdefault(mark.page_id, mark)  # frozen once made: the prompt stays stable
+        self.policy.attach(new)
+        # made once, as its page closes (a session reopened from its store has them all):
+        # frozen, so the prompt stays stable
+        self.bookmarks.update((mark.page_id, mark) for mark in self.keyword_strategy(new, self.bookmarks))
         if self.store is not None:
             self.store.save_pages(self.id, new)
             self.store.save_bookmarks(self.id, [self.bookmarks[p.id] for p in new], self.config.keywords)
@@ -243,10 +250,10 @@ class PagedSession:
     def paged_until(self) -> int:
         """Units before this position live in pages (pages cover the conversation from its
         start); the rest are rendered as they are."""
-        return sum(len(p.turns) for p in self.pages.values())
+        return self.segmenter.paged
 
-    def evicted(self) -> list[int]:
-        return sorted(p for p in self.pages if p not in self.resident and p not in self.pinned)
+    def evicted(self) -> Evicted:
+        return Evicted(len(self.pages), frozenset(self.resident.keys | self.pinned))
 
     def pin(self, page_id: int, pinned: bool = True) -> None:
         """Keep a page in view whatever the policy evicts (or stop doing so); durable."""
@@ -341,7 +348,7 @@ class PagedSession:
             request.evicted_now += tuple(self._close_pages(recent))
             if self.paged_until > paged:
                 return True
-        marked = len([p for p in self.evicted() if p not in request.prefetched]) - request.folded
+        marked = len(self._bookmarked(request)[1])
         if marked > 0:
             request.folded += max(1, marked // 4)
             return True
@@ -385,21 +392,35 @@ class PagedSession:
 
     def _note(self, request: Request) -> str:
         parts = []
-        out = [p for p in self.evicted() if p not in request.prefetched]
-        if out:
-            folded, marked = out[: request.folded], out[request.folded :]
-            older = [f"Older pages {ranges(folded)} (recall them by number)."] if folded else []
+        folded, marked = self._bookmarked(request)
+        if folded or marked:
+            older = [f"Older pages {folded.ranges()} (recall them by number)."] if folded else []
             parts.append(" ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in marked)]))
         if request.prefetched:
             parts.append("Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched]))
         return "\n\n".join(parts)
 
+    def _bookmarked(self, request: Request) -> tuple[Evicted, list[int]]:
+        """The evicted pages the note names by number only, and those it lists by bookmark:
+        the newest `max_bookmarks` (fewer by those `make_room` folded), but the pages
+        brought back for the request. The split moves only when pages are evicted, so
+        the note stays the same between compactions; the pages named by number may
+        include a page brought back."""
+        evicted = self.evicted()
+        listed = evicted.newest(max(self.config.max_bookmarks - request.folded, 0))
+        folded = evicted.before(listed[0]) if listed else evicted
+        return folded, [p for p in listed if p not in request.prefetched]
+
     # --- report -------------------------------------------------------------------------
 
-    def unpaged(self) -> list[Message]:
-        """The whole history as one prompt, as a client without paging would send it."""
-        system = Message("system", "You are a helpful assistant.", "system")
-        return [system] + [_message(t, f"turn:{t.index}") for t in self.turns]
+    def history_tokens(self, count: Callable[[Message], int]) -> int:
+        """The unpaged history's size: `count` summed over the turns as messages. A turn is
+        counted once, the first time this is asked after it came, so a request pays for
+        its new turns only; `count` must stay the same over the session's life."""
+        counted, tokens = self._counted
+        tokens += sum(count(_message(t, f"turn:{t.index}")) for t in self.turns[counted:])
+        self._counted = (len(self.turns), tokens)
+        return tokens
 
     def report(self, request: Request, prompt_tokens: int, history_tokens: int) -> dict:
         """The paging block of a response; `history_tokens` is the size of the unpaged prompt."""
@@ -408,7 +429,7 @@ class PagedSession:
             "pages": len(self.pages),
             "resident": sorted(self.resident.keys),
             "pinned": sorted(self.pinned),
-            "evicted": self.evicted(),
+            "evicted": list(self.evicted()),
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),
             "recalled": list(request.recalled),
@@ -421,3 +442,55 @@ class PagedSession:
 
 def _message(turn: Turn, segment: str) -> Message:
     return Message(turn.role, turn.content, segment, turn.tool_calls, turn.tool_call_id)
+
+
+@dataclass(frozen=True)
+class Evicted(Sequence[int]):
+    """A session's evicted pages, in order, without listing them (a long conversation has
+    tens of thousands): pages 1 to `last` but those `shown` (resident or pinned). What
+    a request needs of them (how many, whether one is, the newest, the older ones as
+    ranges) costs as much as `shown` is large, not the conversation."""
+
+    last: int
+    shown: frozenset[int]
+
+    def _gaps(self) -> list[int]:
+        return sorted(p for p in self.shown if 1 <= p <= self.last)
+
+    def __len__(self) -> int:
+        return self.last - len(self._gaps())
+
+    def __contains__(self, page: object) -> bool:
+        return isinstance(page, int) and 1 <= page <= self.last and page not in self.shown
+
+    def __iter__(self) -> Iterator[int]:
+        return (p for p in range(1, self.last + 1) if p not in self.shown)
+
+    def __reversed__(self) -> Iterator[int]:
+        return (p for p in range(self.last, 0, -1) if p not in self.shown)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"evicted page {i} of {len(self)}")
+        page = i % len(self) + 1
+        for gap in self._gaps():  # the i-th evicted page: i + 1, moved past each page shown before it
+            page += gap <= page
+        return page
+
+    def newest(self, n: int) -> list[int]:
+        """The last n, in order."""
+        return list(islice(reversed(self), n))[::-1]
+
+    def before(self, page: int) -> Evicted:
+        return Evicted(min(page - 1, self.last), self.shown)
+
+    def ranges(self) -> str:
+        """'1-4, 7, 9-10', as `recall.ranges` writes them."""
+        runs, start = [], 1
+        for gap in [*self._gaps(), self.last + 1]:
+            if gap > start:
+                runs.append((start, gap - 1))
+            start = gap + 1
+        return show_runs(runs)
