@@ -238,10 +238,22 @@ class Answering:
     # --- the result -----------------------------------------------------------------------
 
     def reply(self) -> Reply:
-        history = len(self.template.encode(self.session.unpaged(), self.tools))  # what the unpaged prompt would cost
         usage = {**self.usage, "seconds": time.perf_counter() - self.started}
-        paging = self.session.report(self.request, usage["prompt_tokens"], history)
+        paging = self.session.report(self.request, usage["prompt_tokens"], self._history_tokens())
         return Reply(self.answer, paging, usage, self.round.messages if self.round else [], self.calls, self.finish_reason)
+
+    def _history_tokens(self) -> int:
+        """What the unpaged prompt (a system message, then every turn, as a client without
+        paging sends it) would cost: the system message and the tools through the template,
+        and each turn as the template writes it after the system message alone, counted
+        once for the session. That is exact but where a template writes messages together
+        (Hermes puts a run of tool results in one user message, a few tokens less);
+        encoding the whole history per request cost more than the rest of the request once
+        it held thousands of turns."""
+        system = [Message("system", "You are a helpful assistant.", "system")]
+        bare = len(self.template.encode(system))
+        turn_tokens = lambda message: len(self.template.encode([*system, message])) - bare  # noqa: E731
+        return len(self.template.encode(system, self.tools)) + self.session.history_tokens(turn_tokens)
 
 
 class Engine(Protocol):

@@ -36,6 +36,11 @@ BENCHMARKS = {
         "end-to-end LoCoMo question answering through any OpenAI-compatible endpoint (or in-process): truncation, "
         "bm25, word overlap, search tool, full context, bookmark+recall and the controller; official F1 by category",
     ),
+    "growth": (
+        "paged_context.bench.growth",
+        "one session driven with no model to 1k, 10k and 50k turns of synthetic chat: core time per turn (ingest, "
+        "plan, render; median and p95) and process memory at each, which should stay flat as the history grows",
+    ),
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "

@@ -16,16 +16,24 @@ Belady's choice, which needs the future, from features that only need the past:
 - the request, when pages have text: BM25 of the request against the page, names and
   numbers of the request found on the page, distance to the pages the last request used,
   and page size.
+
+As trained, it ranks every page against the request and scores every candidate, work
+that grows with the conversation. A session bounds it (`shortlist`): the request's BM25
+ranking is the index's shortlist (`BM25.shortlist`; a page off it ranks last), and
+prefetch scores that many candidates at most, the request's best matches among them
+and the pages evicted most recently (`LearnedPolicy.prefetch`).
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
 import math
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Collection, Hashable, Sequence
 
 import numpy as np
 
@@ -67,6 +75,13 @@ FEATURES = (
     "resident",
 )
 _COLUMN = {name: i for i, name in enumerate(FEATURES)}
+# The most pages a session's controller scores per decision (`LearnedPolicy.shortlist`).
+# It was trained on conversations of up to about 140 pages (LoCoMo), scoring all of them,
+# and brings back 3; sixty synthetic planted-fact conversations played in one session
+# (1,950 pages of fixed_5): with 64 it prefetched the pages it prefetched with all of them
+# for 281 of the 344 questions asked past 64 evicted pages, and the evidence for 59 of them
+# against 54.
+SHORTLIST = 64
 # A reference counts as novel (a sign the working set moved) when the page was never
 # referenced or not for this many steps.
 NOVEL_AFTER = 256
@@ -190,32 +205,37 @@ class History:
 
 
 class LearnedPolicy(Policy):
-    """The controller behind the `Policy` interface; `attach` gives it page texts."""
+    """The controller behind the `Policy` interface; `attach` gives it page texts.
+
+    `shortlist`: the most pages a decision ranks against the request and the most
+    candidates prefetch scores (None: all, as in training and the simulators)."""
 
     name = "learned"
     # what start() sets up and the events change: what a fork copies (page texts, which
     # never change once attached, it shares)
-    _STATE = ("capacity", "history", "resident", "index", "terms", "query", "entities", "last_request", "_fresh_request", "_scores")
+    _STATE = ("capacity", "history", "resident", "gone", "gone_steps", "index", "query", "entities", "last_request", "_fresh_request", "_matches")
 
-    def __init__(self, controller: Controller | None = None):
+    def __init__(self, controller: Controller | None = None, shortlist: int | None = None):
         self.controller = controller or Controller.load()
+        self.shortlist = shortlist
 
     def start(self, capacity, future=None):
         self.capacity = capacity
         self.history = History()
         self.resident: dict[Key, None] = {}
+        self.gone: OrderedDict[Key, None] = OrderedDict()  # evicted keys, the most recent last
+        self.gone_steps: list[float] = []  # their last references, sorted
         self.pages: dict[Key, Page] = {}
-        self.index = BM25()
-        self.terms: dict[Key, set[str]] = {}
+        self.index = BM25()  # the pages' terms, by page
         self.query: list[str] = []
         self.entities: set[str] = set()
         self.last_request: list[Key] = []
         self._fresh_request = False
-        self._scores: tuple[int, dict] | None = None
+        self._matches: tuple[int, list[tuple[Key, float]]] | None = None
 
     def fork(self) -> LearnedPolicy:
         """A copy of the policy's state that can be stepped without touching this one."""
-        clone = LearnedPolicy(self.controller)
+        clone = LearnedPolicy(self.controller, self.shortlist)
         clone.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k in self._STATE}))
         clone.pages = self.pages
         return clone
@@ -223,13 +243,13 @@ class LearnedPolicy(Policy):
     # --- what the simulator or session tells it ------------------------------------------
 
     def attach(self, pages: Sequence[Page]) -> None:
-        """Page texts, read only once a page has been written (admitted the first time)."""
-        self.pages = {p.id: p for p in pages}
+        """More page texts, read only once a page has been written (admitted the first time)."""
+        self.pages.update((p.id, p) for p in pages)
 
     def on_request(self, text: str) -> None:
         self.query = content_terms(text)
         self.entities = {normalize(w) for w in words(text) if w[:1].isupper() or w[:1].isdigit() or w[:1] == "$"}
-        self._scores = None
+        self._matches = None
         self._fresh_request = True  # the previous request's pages stay "last" until this one uses some
 
     # --- Policy -----------------------------------------------------------------------------
@@ -241,16 +261,17 @@ class LearnedPolicy(Policy):
 
     def on_hit(self, key, step):
         self.history.reference(key, step, admitted=False)
-        if key in self.terms:
+        if key in self.index.docs:
             self._used_by_request(key)
 
     def on_admit(self, key, step):
-        if key in self.terms:
+        if key in self.index.docs:
             self._used_by_request(key)
         elif key in self.pages:  # written just now: index it
-            terms = content_terms(self.pages[key].text)
-            self.terms[key] = set(terms)
-            self.index.add(key, terms)
+            self.index.add(key, content_terms(self.pages[key].text))
+        if key in self.gone:
+            del self.gone[key]
+            del self.gone_steps[bisect.bisect_left(self.gone_steps, self._last(key))]
         self.history.reference(key, step, admitted=True)
         self.resident[key] = None
 
@@ -260,25 +281,63 @@ class LearnedPolicy(Policy):
 
     def on_evict(self, key):
         del self.resident[key]
+        self.gone[key] = None
+        bisect.insort(self.gone_steps, self._last(key))
 
-    def prefetch(self, candidates: Sequence[Key], budget: int, step: int, threshold: float | None = None) -> list[Key]:
+    def _last(self, key) -> float:
+        return self.history.last[self.history.slot[key]]
+
+    def prefetch(self, candidates: Collection[Key], budget: int, step: int, threshold: float | None = None) -> list[Key]:
         """Up to `budget` of the candidates, best first: those scoring above the threshold
-        and within RELATIVE_CUT of the best candidate, but for pages the request restates."""
+        and within RELATIVE_CUT of the best candidate, but for pages the request restates.
+        Of more candidates than the shortlist holds, only those on it are scored (`_shortlist`)."""
         if budget <= 0 or not candidates:
             return []
+        bounded = self.shortlist is not None and len(candidates) > self.shortlist
+        pool = self._shortlist(candidates, self.shortlist) if bounded else list(candidates)
+        x = self.features(pool, step)
+        if bounded:
+            # a page's recency rank among all the candidates, as if all were scored: within
+            # the shortlist, half of it recent pages, a recent page ranks far lower than among
+            # thousands, and the controller brought back a fifth less evidence
+            x[:, _COLUMN["recency_rank"]] = self._recency_ranks(pool, len(candidates))
         cut = self.controller.threshold if threshold is None else threshold
-        scores = self.controller.score(self.features(list(candidates), step))
+        scores = self.controller.score(x)
         order = np.argsort(-scores, kind="stable")[:budget]
         cut = max(cut, scores[order[0]] - RELATIVE_CUT)
         query = set(self.query)
-        return [candidates[i] for i in order if scores[i] > cut and not restates(query, self.terms.get(candidates[i], set()))]
+        return [pool[i] for i in order if scores[i] > cut and not restates(query, set(self.index.docs.get(pool[i], ())))]
+
+    def _shortlist(self, candidates: Collection[Key], size: int) -> list[Key]:
+        """`size` of the candidates, in page order: the request's best BM25 matches among
+        them (up to half), then those evicted most recently. The rest, pages the request
+        barely names that have been out of view longer, are what the controller scores
+        low (see SHORTLIST), and their number alone would make a decision's cost grow with
+        the conversation."""
+        matched = [k for k, score in self._best_matches() if score > 0 and k in candidates][: size // 2]
+        chosen = dict.fromkeys(matched)
+        for key in reversed(self.gone):
+            if len(chosen) >= size:
+                break
+            if key in candidates:
+                chosen[key] = None
+        return sorted(chosen)
+
+    def _recency_ranks(self, keys: Sequence[Key], among: int) -> np.ndarray:
+        """Each evicted key's recency rank among the evicted keys (`among` of them), as
+        `features` ranks within its keys: how many were referenced since, scaled to 0-1."""
+        later = [len(self.gone_steps) - bisect.bisect_right(self.gone_steps, self._last(k)) for k in keys]
+        return np.array(later) / max(among - 1, 1)
 
     # --- features ---------------------------------------------------------------------------
 
-    def _bm25(self) -> dict:
-        if self._scores is None or self._scores[0] != len(self.index):
-            self._scores = (len(self.index), self.index.scores(self.query) if self.query else {})
-        return self._scores[1]
+    def _best_matches(self) -> list[tuple[Key, float]]:
+        """The pages best matching the request with their BM25 scores, best first: all of
+        them, or the index's shortlist; kept until the request or the pages change."""
+        if self._matches is None or self._matches[0] != len(self.index):
+            size = self.shortlist // 2 if self.shortlist else len(self.index)  # as many as prefetch takes
+            self._matches = (len(self.index), self.index.shortlist(self.query, size) if self.query else [])
+        return self._matches[1]
 
     def features(self, keys: Sequence[Key], step: int) -> np.ndarray:
         """One row of FEATURES per key, relative features taken within `keys`."""
@@ -312,7 +371,7 @@ class LearnedPolicy(Policy):
         for j, half_life in enumerate(HALF_LIVES):
             cols[f"log_decayed_{int(half_life)}"] = np.log1p(decayed[:, j])
             cols[f"relative_decayed_{int(half_life)}"] = decayed[:, j] / peak[j]
-        if self.terms:
+        if self.index.docs:
             cols.update(self._text_features(keys))
         x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
         for name, value in cols.items():
@@ -320,16 +379,18 @@ class LearnedPolicy(Policy):
         return x
 
     def _text_features(self, keys: Sequence[Key]) -> dict[str, np.ndarray]:
-        scores = self._bm25()
+        matches = self._best_matches()
+        scores = dict(matches)
+        scores.update(self.index.scores(self.query, [k for k in keys if k not in scores]) if self.query else {})
         best = max(scores.values(), default=0.0) or 1.0
-        rank = {k: r for r, k in enumerate(sorted(scores, key=lambda k: -scores[k]))}
-        n = max(len(self.terms), 1)
+        rank = {k: r for r, (k, _) in enumerate(matches)}  # a page off the shortlist ranks last
+        n = max(len(self.index), 1)
         last = self.last_request
         return {
             "has_text": np.ones(len(keys)),
             "bm25": np.array([scores.get(k, 0.0) / best for k in keys]),
             "bm25_rank": np.array([rank.get(k, n) / n for k in keys]),
-            "entity_overlap": np.log1p([len(self.entities & self.terms.get(k, set())) for k in keys]),
+            "entity_overlap": np.log1p([len(self.entities & self.index.docs[k].keys()) if k in self.index.docs else 0 for k in keys]),
             "log_distance_to_last_request": np.log1p([min(abs(k - j) for j in last) if last else 0 for k in keys]),
             "log_tokens": np.log1p([self.pages[k].tokens if k in self.pages else 0 for k in keys]),
         }
@@ -339,8 +400,8 @@ class WithPrefetch(Policy):
     """Any eviction policy, with the learned controller watching the same events so it
     can prefetch: evictions stay the policy's own, prefetch is the controller's."""
 
-    def __init__(self, policy: Policy, controller: Controller | None = None):
-        self.policy, self.scout = policy, LearnedPolicy(controller)
+    def __init__(self, policy: Policy, controller: Controller | None = None, shortlist: int | None = None):
+        self.policy, self.scout = policy, LearnedPolicy(controller, shortlist)
         self.name = f"{policy.name}+prefetch"
         self.offline = policy.offline
 

@@ -11,7 +11,9 @@ They need a completion function, `complete(prompt, max_tokens) -> text`: the ser
 badly loses nothing: a page the reply gives no usable keyword gets the heuristic
 bookmark. Pages are asked about in fixed groups of `GROUP` by page id, so a growing
 conversation only re-asks about its last group, and replies are cached by the group's
-text, so sessions holding the same conversation ask once.
+text, so sessions holding the same conversation ask once. Incrementally (a session's
+pages as they close) a strategy runs over the new pages' group alone, so a keyword the
+model also gave a page of an earlier group is no longer dropped as shared.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import Counter, OrderedDict
 from typing import Callable, Sequence
 
 from .bookmarks import Bookmark, clean_keyword
-from .lexical_keywords import KeywordStrategy, heuristic_keywords
+from .lexical_keywords import Incremental, KeywordStrategy, heuristic_keywords, rebatched
 from .pages import Page
 
 Complete = Callable[[str, int], str]  # (prompt, max_tokens) -> the model's reply
@@ -116,4 +118,9 @@ def hybrid(n: int = 4, complete: Complete | None = None) -> KeywordStrategy:
     return strategy
 
 
+def _group_start(page_id: int) -> int:
+    return (page_id - 1) // GROUP * GROUP + 1
+
+
 STRATEGIES = {"llm-batch": llm_batch, "hybrid": hybrid}
+INCREMENTAL: dict[str, Callable[..., Incremental]] = {name: rebatched(factory, _group_start) for name, factory in STRATEGIES.items()}

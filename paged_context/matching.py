@@ -14,6 +14,9 @@ from typing import Collection, Hashable
 from .bm25 import BM25
 from .text import content_terms, restates, stem
 
+# Pages a question is scored against in full, at least: a few times what it brings back.
+SHORTLIST = 16
+
 
 def terms(text: str) -> list[str]:
     return [stem(t) for t in content_terms(text)]
@@ -28,10 +31,12 @@ class PageMatcher:
 
     def best(self, question: str, among: Collection[Hashable], n: int) -> list[Hashable]:
         """Up to `n` of the pages `among` that share a word with the question, best first,
-        but for pages the question restates (`text.restates`)."""
+        from the index's shortlist (`BM25.shortlist`: exact for a short conversation, and
+        at any length for the question's rarer words), so the cost does not grow with the
+        conversation; but for pages the question restates (`text.restates`)."""
         if n <= 0 or not among:
             return []
         asked = terms(question)
         words = set(asked)
-        fresh = [p for p in among if not restates(words, set(self.index.docs.get(p, ())))]
-        return self.index.top(asked, n, fresh)
+        ranked = self.index.shortlist(asked, max(n, SHORTLIST), among)
+        return [page for page, score in ranked if score > 0 and not restates(words, set(self.index.docs[page]))][:n]

@@ -6,7 +6,9 @@ assistant turn that calls tools from the tool results that answer it: those form
 any page (a file dump of 20,000 tokens): `split_long` cuts it into parts first, each part
 pages like a turn, and the store keeps the turn whole. Every strategy decides from the
 past alone, so segmenting a prefix of a conversation yields the same closed pages as
-segmenting the whole of it (the last page of a prefix is the open one).
+segmenting the whole of it (the last page of a prefix is the open one). A growing
+conversation is segmented as it grows by a `Segmenter`, whose work per turn does not
+depend on how long the conversation already is.
 """
 
 from __future__ import annotations
@@ -89,20 +91,24 @@ def atoms(turns: Sequence[Turn]) -> list[list[Turn]]:
     """Group turns into the units a boundary may not cut: a tool-calling assistant turn
     stays with the tool results that answer its calls."""
     groups: list[list[Turn]] = []
-    open_calls: set[str] = set()
+    open_calls: frozenset[str] = frozenset()
     for turn in turns:
-        answers_open_call = (
-            turn.role == "tool" and bool(open_calls) and (turn.tool_call_id is None or turn.tool_call_id in open_calls)
-        )
-        if answers_open_call:
+        joins, open_calls = _answers(turn, open_calls)
+        if joins:
             groups[-1].append(turn)
-            open_calls.discard(turn.tool_call_id)
-        elif turn.part is not None and turn.part[0] > 1:
-            groups.append([turn])  # a later part of a long turn: a boundary may fall before it
         else:
             groups.append([turn])
-            open_calls = set(turn.tool_call_ids)
     return groups
+
+
+def _answers(turn: Turn, open_calls: frozenset[str]) -> tuple[bool, frozenset[str]]:
+    """Whether the turn joins the atom before it (it answers one of its open calls), and
+    the calls left open after it."""
+    if turn.role == "tool" and open_calls and (turn.tool_call_id is None or turn.tool_call_id in open_calls):
+        return True, open_calls - {turn.tool_call_id}
+    if turn.part is not None and turn.part[0] > 1:
+        return False, open_calls  # a later part of a long turn: a boundary may fall before it
+    return False, frozenset(turn.tool_call_ids)
 
 
 def split_long(turn: Turn, max_tokens: int, count_tokens: TokenCounter = approx_tokens, of: str = "") -> list[Turn]:
@@ -200,15 +206,65 @@ def boundary(strategy: str, count_tokens: TokenCounter = approx_tokens) -> Bound
     return token_budget(int(n), count_tokens)
 
 
+class Segmenter:
+    """`segment`, one turn at a time: `add` returns the pages a turn closes, so a growing
+    conversation is never segmented again from its start.
+
+    A boundary is decided once the atom after it is complete: when none of its calls is
+    left unanswered, or when a turn comes that does not answer them. (`segment` of a
+    prefix decides on a last atom still waiting for results; a topic shift may then
+    close a page that the whole conversation does not close.) So every page `add`
+    returns is a page of `segment` of the whole conversation, in order."""
+
+    def __init__(self, strategy: str, count_tokens: TokenCounter = approx_tokens):
+        self.starts_page = boundary(strategy, count_tokens)
+        self.count_tokens = count_tokens
+        self.page: list[Turn] = []  # the open page: whole atoms
+        self.atom: list[Turn] = []  # the last atom, until it is complete
+        self.open_calls: frozenset[str] = frozenset()
+        self.fed = 0  # turns added
+        self.paged = 0  # turns on the pages closed so far
+        self.closed = 0  # pages closed so far
+
+    def add(self, turn: Turn) -> list[Page]:
+        """Take the next turn; returns the pages it closes (none, one or two), numbered on
+        from the last."""
+        joins, self.open_calls = _answers(turn, self.open_calls)
+        closed = []
+        if joins:
+            self.atom.append(turn)
+        else:
+            closed += self._place()  # the atom before is complete: this turn does not answer it
+            self.atom = [turn]
+        if not self.open_calls:  # no later turn can join the atom
+            closed += self._place()
+        self.fed += 1
+        return closed
+
+    def finish(self) -> list[Page]:
+        """The rest as pages, as the conversation's end: the last atom placed (even with
+        calls unanswered) and the open page closed."""
+        closed = self._place()
+        return closed + [self._close()] if self.page else closed
+
+    def _place(self) -> list[Page]:
+        """Put the complete atom on the open page, or close that page and open the next."""
+        if not self.atom:
+            return []
+        closed = [self._close()] if self.page and self.starts_page(self.page, self.atom) else []
+        self.page += self.atom
+        self.atom = []
+        return closed
+
+    def _close(self) -> Page:
+        self.closed += 1
+        self.paged += len(self.page)
+        page = Page(id=self.closed, turns=tuple(self.page), tokens=sum(self.count_tokens(t.render()) for t in self.page))
+        self.page = []
+        return page
+
+
 def segment(turns: Sequence[Turn], strategy: str, count_tokens: TokenCounter = approx_tokens) -> list[Page]:
     """Cut turns into pages, numbered from 1 in conversation order."""
-    starts_page = boundary(strategy, count_tokens)
-    groups: list[list[Turn]] = []
-    for atom in atoms(turns):
-        if groups and not starts_page(groups[-1], atom):
-            groups[-1].extend(atom)
-        else:
-            groups.append(list(atom))
-    return [
-        Page(id=i, turns=tuple(g), tokens=sum(count_tokens(t.render()) for t in g)) for i, g in enumerate(groups, start=1)
-    ]
+    segmenter = Segmenter(strategy, count_tokens)
+    return [page for turn in turns for page in segmenter.add(turn)] + segmenter.finish()

@@ -52,7 +52,8 @@ class Policy(ABC):
     # Conversation-aware policies also read what the keys are and what is being asked;
     # the classical ones ignore both.
     def attach(self, pages: Sequence) -> None:
-        """The pages behind the keys (a policy may read a page once it has been written)."""
+        """More pages behind the keys, those written since the last call (a policy may read
+        a page once it has been written)."""
 
     def on_request(self, text: str) -> None:
         """A new request (question, user turn) arrived."""

@@ -11,10 +11,11 @@ from .policies import POLICIES, Policy, RandomPolicy
 NAMES = (*POLICIES, LearnedPolicy.name)
 
 
-def make_policy(name: str, seed: int = 0, controller=None) -> Policy:
-    """A policy by name; `controller` is a checkpoint path or a loaded Controller for 'learned'."""
+def make_policy(name: str, seed: int = 0, controller=None, shortlist: int | None = None) -> Policy:
+    """A policy by name; `controller` is a checkpoint path or a loaded Controller for
+    'learned', `shortlist` bounds its work per decision (see `LearnedPolicy`)."""
     if name == LearnedPolicy.name:
-        return LearnedPolicy(controller if isinstance(controller, Controller) else Controller.load(controller))
+        return LearnedPolicy(controller if isinstance(controller, Controller) else Controller.load(controller), shortlist)
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; available: {', '.join(NAMES)}")
     return RandomPolicy(seed) if name == "random" else POLICIES[name]()

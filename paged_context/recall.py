@@ -10,7 +10,7 @@ conversation.
 from __future__ import annotations
 
 import json
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from .pages import Page
 
@@ -57,13 +57,18 @@ class RecallError(ValueError):
 
 def ranges(ids: Collection[int]) -> str:
     """'1-4, 7, 9-10': the recallable pages, short enough for a prompt."""
-    out: list[str] = []
+    runs: list[list[int]] = []
     for i in sorted(ids):
-        if out and out[-1][1] == i - 1:
-            out[-1][1] = i
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
         else:
-            out.append([i, i])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out) or "none"
+            runs.append([i, i])
+    return show_runs(runs)
+
+
+def show_runs(runs: Iterable[Sequence[int]]) -> str:
+    """Runs of consecutive page ids, (first, last) each, written as `ranges` writes them."""
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def _kind(value: Any) -> str:

@@ -28,6 +28,12 @@ Between two compactions everything before the request only grows: pages stay the
 messages, so a page closing changes no token, and the bookmark list changes only when
 pages are evicted (or come back, or are pinned). What a request brings back sits after
 the turns, just before the request, and leaves with it.
+
+The work per request does not grow with the conversation: pages close as turns come
+(`Segmenter`), each bookmark is made once as its page closes, the controller and the
+question matching score a shortlist of pages (`BM25.shortlist`), the evicted pages are
+a view, never a list (`Evicted`), and the bookmark list shows the newest `max_bookmarks`
+of them and the older ones by number.
 """
 
 from __future__ import annotations
@@ -35,15 +41,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from itertools import islice
+from typing import Callable, Iterator, Sequence
 from . import keywords
 from .bookmarks import Bookmark
 from .calls import ToolCall
+from .controller import SHORTLIST, WithPrefetch
 from .matching import PageMatcher
-from .pages import Page, Turn, atoms, boundary, segment, split_long
+from .pages import Page, Segmenter, Turn, atoms, boundary, split_long
 from .policies import Policy, ResidentSet
 from .policy_registry import NAMES as POLICY_NAMES, make_policy
-from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall
+from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall, show_runs
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
 
@@ -67,6 +75,7 @@ class PagingConfig:
     keyword_count: int = 4
     policy: str = "learned"
     part_tokens: int = 512  # a turn longer than this is paged in parts of about this size
+    max_bookmarks: int = 64  # the note lists the newest evicted pages' bookmarks, older pages by number
 
     def __post_init__(self) -> None:
         if not 1 <= self.resident_low <= self.resident_high:
@@ -126,7 +135,7 @@ class Request:
     evicted_now: tuple[int, ...]  # pages this request's planning evicted
     instructions: str = ""  # the client's system messages for this request
     recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
-    folded: int = 0  # the oldest bookmarks listed by page number only, so the prompt fits
+    folded: int = 0  # bookmarks `make_room` folded to page numbers for this request, so the prompt fits
 
     @property
     def recalled(self) -> tuple[int, ...]:
@@ -166,7 +175,6 @@ class PagedSession:
     ):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it."""
         self.id = session_id
-        self.complete = complete
         self.owner = owner
         if store is not None:
             store.create_session(session_id, owner, config.to_json())
@@ -178,19 +186,21 @@ class PagedSession:
         self.turns: list[Turn] = []
         self.units: list[Turn] = []  # what pages are made of: turns, long ones in parts
         self.calls: dict[str, ToolCall] = {}  # the tool calls made so far, by id
+        self._counted = (0, 0)  # turns that history_tokens counted, and their tokens
+        self.segmenter = Segmenter(config.boundary, count_tokens)
         self.matcher = PageMatcher()
         self.pages: dict[int, Page] = {}
         self.bookmarks: dict[int, Bookmark] = {}
-        self.policy = policy or make_policy(config.policy)
+        model = {"complete": complete} if config.keywords in keywords.LLM_STRATEGIES else {}
+        self.keyword_strategy = keywords.incremental(config.keywords, n=config.keyword_count, **model)
+        # the controller scores a shortlist of pages, so a request costs the same at any length
+        self.policy = policy or make_policy(config.policy, shortlist=SHORTLIST)
         if config.prefetch_budget and not hasattr(self.policy, "prefetch"):
-            from .controller import WithPrefetch
-
-            self.policy = WithPrefetch(self.policy)  # the controller prefetches whatever evicts
+            self.policy = WithPrefetch(self.policy, shortlist=SHORTLIST)  # the controller prefetches whatever evicts
         self.resident = ResidentSet(config.resident_high, self.policy)
         self.pinned: set[int] = set()  # always in view, whatever the policy says
         self.base: tuple[int, ...] | None = None  # the pages in view at the last compaction (None: none yet)
-        self.folded = 0  # the oldest evicted pages listed by number only since a compaction ran out of room
-        self.policy.attach([])
+        self.folded = 0  # bookmarks a compaction folded to page numbers (nothing resident was left to evict)
         if store is not None:
             self.turns = store.turns(session_id)
             self.units = [u for t in self.turns for u in self._units(t)]
@@ -225,20 +235,17 @@ class PagedSession:
         recent turns by default) into pages; returns the ids evicted to make room. The
         last unit is never paged: a request always shows what it answers."""
         recent = self.config.recent_turns if recent is None else recent
-        older = self.units[: max(len(self.units) - max(recent, 1), 0)]
-        closed = segment(older, self.config.boundary, self.count_tokens)[:-1]  # the last one is still open
-        new = [p for p in closed if p.id not in self.pages]
+        older = max(len(self.units) - max(recent, 1), 0)
+        new = [page for unit in self.units[self.segmenter.fed : older] for page in self.segmenter.add(unit)]
         if not new:
             return []
         for page in new:
             self.pages[page.id] = page
             self.matcher.add(page.id, page.text)
-        self.policy.attach(list(self.pages.values()))
-        if any(page.id not in self.bookmarks for page in new):  # a session reopened from its store has them all
-            model = {"complete": self.complete} if self.config.keywords in keywords.LLM_STRATEGIES else {}
-            marks = keywords.bookmarks(list(self.pages.values()), self.config.keywords, n=self.config.keyword_count, **model)
-            for mark in marks:
-                self.bookmarks.setdefault(mark.page_id, mark)  # frozen once made: the prompt stays stable
+        self.policy.attach(new)
+        # made once, as its page closes (a session reopened from its store has them all):
+        # frozen, so the prompt stays stable
+        self.bookmarks.update((mark.page_id, mark) for mark in self.keyword_strategy(new, self.bookmarks))
         if self.store is not None:
             self.store.save_pages(self.id, new)
             self.store.save_bookmarks(self.id, [self.bookmarks[p.id] for p in new], self.config.keywords)
@@ -260,10 +267,10 @@ class PagedSession:
     def paged_until(self) -> int:
         """Units before this position live in pages (pages cover the conversation from its
         start); the rest are rendered as they are."""
-        return sum(len(p.turns) for p in self.pages.values())
+        return self.segmenter.paged
 
-    def evicted(self) -> list[int]:
-        return sorted(p for p in self.pages if p not in self.resident and p not in self.pinned)
+    def evicted(self) -> Evicted:
+        return Evicted(len(self.pages), frozenset(self.resident.keys | self.pinned))
 
     def pin(self, page_id: int, pinned: bool = True) -> None:
         """Keep a page in view whatever the policy evicts (or stop doing so); durable."""
@@ -363,7 +370,7 @@ class PagedSession:
                 evicted += victims
                 excess -= sum(self.pages[p].tokens for p in victims)
             if excess > 0:  # nothing resident is left: the oldest bookmarks go to numbers only, a quarter more each time
-                marked = len(self.evicted()) - self.folded
+                marked = len(self._bookmarked(standing)[1])
                 if marked <= 0:
                     break
                 self.folded += max(1, marked // 4)
@@ -390,9 +397,9 @@ class PagedSession:
             request.evicted_now += tuple(self._close_pages(recent))
             if self.paged_until > paged:
                 return True
-        marked = len(self.evicted()) - max(self.folded, request.folded)
+        marked = len(self._bookmarked(request)[1])
         if marked > 0:
-            request.folded = max(self.folded, request.folded) + max(1, marked // 4)
+            request.folded += max(1, marked // 4)
             return True
         return False
 
@@ -438,23 +445,34 @@ class PagedSession:
         return messages
 
     def _bookmarks(self, request: Request) -> list[Message]:
-        """The bookmark list of the evicted pages (none: no message), the oldest shown by
-        number only when the prompt must shrink."""
-        out = self.evicted()
-        if not out:
+        """The bookmark list of the evicted pages (none: no message)."""
+        folded, listed = self._bookmarked(request)
+        if not folded and not listed:
             return []
-        fold = max(self.folded, request.folded)
-        folded, marked = out[:fold], out[fold:]
-        older = [f"Older pages {ranges(folded)} (recall them by number)."] if folded else []
-        text = " ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in marked)])
+        older = [f"Older pages {folded.ranges()} (recall them by number)."] if folded else []
+        text = " ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in listed)])
         return [Message("system", text, "bookmarks")]
+
+    def _bookmarked(self, request: Request) -> tuple[Evicted, list[int]]:
+        """The evicted pages the list names by number only, and those it shows by bookmark:
+        the newest `max_bookmarks`, fewer by those a compaction (`folded`) or `make_room`
+        (`request.folded`) folded. A page brought back keeps its bookmark, so the list
+        moves only when pages are evicted or folded."""
+        evicted = self.evicted()
+        listed = evicted.newest(max(min(self.config.max_bookmarks, len(evicted)) - self.folded - request.folded, 0))
+        folded = evicted.before(listed[0]) if listed else evicted
+        return folded, listed
 
     # --- report -------------------------------------------------------------------------
 
-    def unpaged(self) -> list[Message]:
-        """The whole history as one prompt, as a client without paging would send it."""
-        system = Message("system", "You are a helpful assistant.", "system")
-        return [system] + [_message(t, f"turn:{t.index}") for t in self.turns]
+    def history_tokens(self, count: Callable[[Message], int]) -> int:
+        """The unpaged history's size: `count` summed over the turns as messages. A turn is
+        counted once, the first time this is asked after it came, so a request pays for
+        its new turns only; `count` must stay the same over the session's life."""
+        counted, tokens = self._counted
+        tokens += sum(count(_message(t, f"turn:{t.index}")) for t in self.turns[counted:])
+        self._counted = (len(self.turns), tokens)
+        return tokens
 
     def report(self, request: Request, prompt_tokens: int, history_tokens: int) -> dict:
         """The paging block of a response; `history_tokens` is the size of the unpaged prompt."""
@@ -463,7 +481,7 @@ class PagedSession:
             "pages": len(self.pages),
             "resident": sorted(self.resident.keys),
             "pinned": sorted(self.pinned),
-            "evicted": self.evicted(),
+            "evicted": list(self.evicted()),
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),
             "recalled": list(request.recalled),
@@ -476,3 +494,55 @@ class PagedSession:
 
 def _message(turn: Turn, segment: str) -> Message:
     return Message(turn.role, turn.content, segment, turn.tool_calls, turn.tool_call_id)
+
+
+@dataclass(frozen=True)
+class Evicted(Sequence[int]):
+    """A session's evicted pages, in order, without listing them (a long conversation has
+    tens of thousands): pages 1 to `last` but those `shown` (resident or pinned). What
+    a request needs of them (how many, whether one is, the newest, the older ones as
+    ranges) costs as much as `shown` is large, not the conversation."""
+
+    last: int
+    shown: frozenset[int]
+
+    def _gaps(self) -> list[int]:
+        return sorted(p for p in self.shown if 1 <= p <= self.last)
+
+    def __len__(self) -> int:
+        return self.last - len(self._gaps())
+
+    def __contains__(self, page: object) -> bool:
+        return isinstance(page, int) and 1 <= page <= self.last and page not in self.shown
+
+    def __iter__(self) -> Iterator[int]:
+        return (p for p in range(1, self.last + 1) if p not in self.shown)
+
+    def __reversed__(self) -> Iterator[int]:
+        return (p for p in range(self.last, 0, -1) if p not in self.shown)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"evicted page {i} of {len(self)}")
+        page = i % len(self) + 1
+        for gap in self._gaps():  # the i-th evicted page: i + 1, moved past each page shown before it
+            page += gap <= page
+        return page
+
+    def newest(self, n: int) -> list[int]:
+        """The last n, in order."""
+        return list(islice(reversed(self), n))[::-1]
+
+    def before(self, page: int) -> Evicted:
+        return Evicted(min(page - 1, self.last), self.shown)
+
+    def ranges(self) -> str:
+        """'1-4, 7, 9-10', as `recall.ranges` writes them."""
+        runs, start = [], 1
+        for gap in [*self._gaps(), self.last + 1]:
+            if gap > start:
+                runs.append((start, gap - 1))
+            start = gap + 1
+        return show_runs(runs)

@@ -44,6 +44,7 @@ def words(text: str) -> list[str]:
     return [w.replace("’", "'").strip("'-") for w in _WORD.findall(text)]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every page's words go through it several times
 def normalize(word: str) -> str:
     """Lower-case and fold simple inflections so 'Adoptions' matches 'adoption'."""
     w = word.lower()

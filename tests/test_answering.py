@@ -207,3 +207,22 @@ def test_tools_are_checked(plain):
         with pytest.raises(BadRequest, match=message):
             parse_tools(body)
     assert parse_tools({}) == Tools() and parse_tools({"tools": [READ_FILE], "tool_choice": "none"}).offered == ()
+
+
+@pytest.mark.parametrize("template_name", ["plain", "hermes"])
+def test_the_history_size_is_counted_turn_by_turn_and_matches_the_whole_prompt(template_name, request):
+    """A reply reports what the unpaged prompt would cost without encoding the whole
+    history again: each turn is counted once, as the template writes it."""
+    from paged_context.calls import ToolCall
+    from paged_context.session import Message, _message
+
+    template = request.getfixturevalue(template_name)
+    session = paged_session(template, turns=4)
+    tools = parse_tools({"tools": [READ_FILE]})
+    for i in range(3):
+        reply, _ = run(Answering(session, session.ask(f"read file {i}"), template, 4096, tools=tools), ["ok"])
+        session.add_turn("assistant", "", tool_calls=(ToolCall("read_file", json.dumps({"path": f"f{i}.txt"}), f"c{i}"),))
+        session.add_turn("tool", f"the contents of f{i}.txt: " + "word " * 20, tool_call_id=f"c{i}")
+    reply, _ = run(Answering(session, session.plan(), template, 4096, tools=tools), ["done"])
+    whole = [Message("system", "You are a helpful assistant.", "system"), *(_message(t, "turn") for t in session.turns)]  # the answer too
+    assert reply.paging["history_tokens"] == len(template.encode(whole, tools))

@@ -19,3 +19,22 @@ def test_bm25_ranks_rare_matching_terms_first_and_grows_incrementally():
     with pytest.raises(ValueError, match="already indexed"):
         index.add(4, ["x"])
     assert BM25().scores(["x"]) == {}
+
+
+def test_a_shortlist_is_exact_for_a_small_collection_and_finds_rare_terms_in_a_large_one():
+    small = BM25()
+    for i, text in enumerate(["the cat sat", "dogs chase the cat", "lisbon in may"]):
+        small.add(i, text.split())
+    scores = small.scores(["cat"])
+    assert small.shortlist(["cat"], 5) == sorted(scores.items(), key=lambda item: (-item[1], item[0]))  # zeros too
+    assert [d for d, _ in small.shortlist(["cat"], 5, among={0, 2})] == [0, 2]
+
+    index = BM25(champions=4)  # each term's list: the 4 documents where it weighs most
+    for i in range(300):
+        index.add(i, ["common"] * (1 + i % 3) + [f"rare{i % 75}", "filler"])
+    query = ["rare7", "common"]
+    full = index.scores(query)
+    best = [(d, full[d]) for d in index.top(query, 4)]
+    assert index.shortlist(query, 4) == best and {d for d, _ in best} == {7, 82, 157, 232}  # rare7's whole list
+    # 5 shares only the common term, on whose list it is not: the cost of not reading everything
+    assert [d for d, _ in index.shortlist(query, 4, among={82, 232, 5})] == [82, 232]

@@ -123,3 +123,29 @@ def test_the_shipped_controller_prefetches_a_planted_fact_at_any_cache_size(poli
     assert fact in session.evicted()
     request = session.ask("What is my locker code at the Riverside gym?")
     assert fact in request.prefetched
+
+
+def test_a_session_controller_scores_a_shortlist_and_still_finds_the_fact(monkeypatch):
+    """Past SHORTLIST evicted pages, the session's controller scores that many candidates
+    (the question's best matches and the pages evicted last), not all of them, each
+    ranked by recency among all of them; the page with the fact, the question's best
+    match, is among them."""
+    from paged_context.controller import SHORTLIST
+    from paged_context.session import PagedSession, PagingConfig
+
+    session = PagedSession("demo", PagingConfig(boundary="fixed_2", match_budget=0))
+    session.finish(session.ask("Please remember: my locker code at the Riverside gym is 4417."), "Noted: locker 4417 at Riverside.")
+    for i in range(SHORTLIST + 8):
+        session.finish(session.ask(f"Let's talk about {TOPICS[i % len(TOPICS)]} again, part {i}."), f"Part {i} sounds fun.")
+    fact = next(p for p, page in session.pages.items() if "4417" in page.text)
+    evicted = session.evicted()
+    assert fact in evicted and len(evicted) > SHORTLIST
+    policy, scored = session.policy, []
+    monkeypatch.setattr(policy, "features", lambda keys, step, features=policy.features: scored.append((list(keys), features(keys, step))) or scored[-1][1])
+    request = session.ask("What is my locker code at the Riverside gym?")
+    pool, x = scored[-1]
+    assert fact in request.prefetched and len(pool) == SHORTLIST and fact in pool and pool == sorted(pool)
+    assert set(list(policy.gone)[-SHORTLIST // 2 :]) <= set(pool)
+    everyone = list(session.evicted())
+    rank = dict(zip(everyone, policy.features(everyone, session.resident.step)[:, FEATURES.index("recency_rank")]))
+    assert x[:, FEATURES.index("recency_rank")] == pytest.approx([rank[k] for k in pool])

@@ -95,3 +95,55 @@ def test_every_strategy_is_named_in_a_fresh_interpreter():
     named, asks_a_model = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("|")
     assert named.split() == ["distinctive", "heuristic", "hybrid", "llm-batch", "random", "tfidf"]
     assert asks_a_model.split() == ["llm-batch", "hybrid"]
+
+
+def one_by_one(strategy, pages):
+    return [mark for page in pages for mark in strategy([page], {})]
+
+
+@pytest.mark.parametrize("name", ["random", "heuristic"])
+def test_page_by_page_the_strategies_that_read_a_page_alone_give_the_batch_bookmarks(name):
+    assert one_by_one(keywords.incremental(name), TRAVEL) == keywords.bookmarks(TRAVEL, name)
+
+
+@pytest.mark.parametrize("name", ["tfidf", "distinctive"])
+def test_page_by_page_each_bookmark_has_words_of_its_page(name):
+    marks = one_by_one(keywords.incremental(name, n=3), TRAVEL)
+    assert [b.page_id for b in marks] == [p.id for p in TRAVEL]
+    for b, p in zip(marks, TRAVEL):
+        page_terms = {normalize(w) for w in words(p.text) + words(p.text.replace(",", ""))}
+        assert len(b.keywords) == 3 and all({normalize(w) for w in words(k)} <= page_terms for k in b.keywords), (name, b)
+
+
+def test_page_by_page_distinctive_hands_each_keyword_out_once():
+    marks = one_by_one(keywords.incremental("distinctive", n=3), TRAVEL)
+    seen = [normalize(k) for b in marks for k in b.keywords]
+    assert len(seen) == len(set(seen)) == 12
+    same = pages_of(["apples and pears"], ["apples and pears"])
+    assert all(b.keywords for b in one_by_one(keywords.incremental("distinctive", n=2), same))  # shared by necessity
+
+
+@pytest.mark.parametrize("name", ["random", "heuristic", "tfidf", "distinctive"])
+def test_bookmarks_made_before_come_back_and_still_count(name):
+    """A session reopened from its store passes the bookmarks it has: they are kept as
+    they are, and the pages after them get what they would have got."""
+    straight = keywords.incremental(name, n=3)(TRAVEL, {})
+    stored = {b.page_id: Bookmark(b.page_id, ("stored",)) for b in straight[:2]}
+    reopened = keywords.incremental(name, n=3)
+    assert reopened(TRAVEL[:2], stored) == list(stored.values())
+    assert one_by_one(reopened, TRAVEL[2:]) == straight[2:]
+
+
+def test_a_registered_strategy_page_by_page_sees_every_page_so_far():
+    seen = []
+
+    @keywords.register("count-pages")
+    def count_pages(n=1):
+        def strategy(pages):
+            seen.append([p.id for p in pages])
+            return [Bookmark(p.id, (f"of{len(pages)}",)) for p in pages]
+
+        return strategy
+
+    marks = one_by_one(keywords.incremental("count-pages"), TRAVEL)
+    assert seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]] and marks[-1].keywords == ("of4",)

@@ -67,3 +67,16 @@ def test_hybrid_adds_one_distinguishing_keyword_to_the_heuristic_ones():
     heuristic = keywords.bookmarks(pages(3), "heuristic", n=3)
     assert marks[2].keywords == heuristic[2].keywords + ("harbour",)
     assert marks[0] == heuristic[0] and marks[1] == heuristic[1]  # "tram" tells neither apart
+
+
+def test_page_by_page_a_new_page_is_asked_about_with_its_group_only():
+    model = Model(lambda prompt: "\n".join(f"p{i}: word{i}" for i in range(1, 81) if f"p{i}:" in prompt))
+    strategy = keywords.incremental("llm-batch", n=2, complete=model)
+    all_pages = pages(34)
+    first = strategy(all_pages[:33], {})
+    assert len(model.prompts) == 2 and [b.keywords for b in first] == [(f"word{i}",) for i in range(1, 34)]
+    (mark,) = strategy(all_pages[33:], {})  # page 34 is asked about with page 33, the first of its group (33-64)
+    assert mark.keywords == ("word34",) and len(model.prompts) == 3
+    assert "p33:" in model.prompts[-1][0] and "p32:" not in model.prompts[-1][0]
+    reopened = keywords.incremental("llm-batch", n=2, complete=None)  # no model: the stored bookmarks need none
+    assert reopened(all_pages, {b.page_id: b for b in [*first, mark]}) == [*first, mark]

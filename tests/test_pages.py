@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paged_context.calls import ToolCall
-from paged_context.pages import Turn, atoms, segment
+from paged_context.pages import Segmenter, Turn, atoms, segment, split_long
 
 STRATEGIES = ["fixed_1", "fixed_3", "fixed_10", "exchange_2", "topic_shift", "topic_shift_0.3", "session", "tokens_40"]
 
@@ -115,6 +115,29 @@ def test_segmenting_a_prefix_gives_the_same_closed_pages(spec, strategy, cut):
     prefix = segment(turns[:cut], strategy)
     closed = max(len(prefix) - 1, 0)
     assert prefix[:closed] == whole[:closed]
+
+
+long_turn_lists = st.lists(
+    st.tuples(st.sampled_from(["user", "assistant", "call", "tool"]), st.text("abc xyz\n", max_size=30), st.integers(1, 3), st.integers(1, 12)),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(long_turn_lists, st.sampled_from(STRATEGIES))
+def test_segmenting_turn_by_turn_gives_the_pages_of_the_whole(spec, strategy):
+    """A Segmenter fed a conversation's paging units one at a time (tool calls, and long
+    turns in parts) hands out exactly the pages of `segment` of the whole, in order,
+    each as soon as it closes, never one that a later turn would change."""
+    turns = build([(role, text * repeat, session) for role, text, session, repeat in spec])
+    units = [u for t in turns for u in split_long(t, 40)]
+    whole = segment(units, strategy)
+    segmenter, closed = Segmenter(strategy), []
+    for fed, unit in enumerate(units, start=1):
+        closed += segmenter.add(unit)
+        assert closed == whole[: len(closed)]
+        assert segmenter.paged == sum(len(p.turns) for p in closed) and segmenter.fed == fed
+    assert closed + segmenter.finish() == whole
 
 
 def test_a_turn_too_long_for_a_page_is_paged_in_parts():

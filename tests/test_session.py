@@ -1,5 +1,8 @@
+import dataclasses
+
 import pytest
 
+from paged_context.recall import ranges
 from paged_context.session import PagedSession, PagingConfig
 from paged_context.store import SQLiteStore
 
@@ -207,3 +210,53 @@ def test_a_prompt_filling_the_window_is_compacted_in_one_batch():
         session.finish(request, f"answer {i}")
     assert max(sizes) <= budget * 0.8 + 60
     assert len(batches) >= 2 and min(batches) >= 3 and len(batches) <= len(sizes) // 5
+
+
+def test_the_evicted_pages_are_a_view_of_the_pages_not_shown():
+    from paged_context.session import Evicted
+
+    evicted = Evicted(10, frozenset({2, 3, 7, 12}))
+    assert list(evicted) == [1, 4, 5, 6, 8, 9, 10] and len(evicted) == 7 and list(reversed(evicted)) == [10, 9, 8, 6, 5, 4, 1]
+    assert [evicted[i] for i in range(7)] == list(evicted) and evicted[-1] == 10 and evicted[1:3] == [4, 5]
+    assert 4 in evicted and 3 not in evicted and 11 not in evicted and evicted.newest(3) == [8, 9, 10]
+    assert evicted.ranges() == ranges(list(evicted)) == "1, 4-6, 8-10" and evicted.before(8).ranges() == "1, 4-6"
+    assert Evicted(2, frozenset({1, 2})).ranges() == "none" and not Evicted(2, frozenset({1, 2}))
+    with pytest.raises(IndexError):
+        evicted[7]
+
+
+def test_the_note_lists_the_newest_bookmarks_and_the_older_pages_by_number():
+    config = dataclasses.replace(SMALL, max_bookmarks=3)
+    session = PagedSession("s", config)
+    converse(session, 20)
+    request = session.ask("anything new?")
+    note = bookmark_list(session.render(request))
+    evicted = session.evicted()
+    assert len(evicted) > 3 and all(session.bookmarks[p].render() in note for p in evicted.newest(3))
+    assert f"Older pages {ranges(list(evicted)[:-3])} (recall them by number)." in note
+    assert not any(session.bookmarks[p].render() in note for p in list(evicted)[:-3])
+    session.finish(request, "nothing")
+    notes = {}
+    for i in range(8):  # while no page leaves, the note stays the same text
+        request = session.ask(f"question {i} about the Lisbon trip")
+        notes.setdefault(tuple(session.evicted()), set()).add(bookmark_list(session.render(request)))
+        session.finish(request, "fine")
+    assert len(notes) > 1 and all(len(texts) == 1 for texts in notes.values())
+    with pytest.raises(ValueError, match="max_bookmarks must be an integer"):
+        SMALL.with_options({"max_bookmarks": -1})
+
+
+def test_a_reopened_session_goes_on_paging_and_bookmarking_as_if_never_closed(tmp_path):
+    straight = PagedSession("s", SMALL)
+    converse(straight, 20)
+    with SQLiteStore(tmp_path / "s.db") as store:
+        converse(PagedSession("s", SMALL, store), 9)
+    with SQLiteStore(tmp_path / "s.db") as store:
+        converse(PagedSession("s", SMALL, store), 11, start=9)
+    with SQLiteStore(tmp_path / "s.db") as store:
+        again = PagedSession("s", SMALL, store)
+        assert again.pages == straight.pages and again.bookmarks == straight.bookmarks
+
+
+def bookmark_list(messages):
+    return next(m.content for m in messages if m.segment == "bookmarks")
