@@ -340,11 +340,18 @@ class PagedSession:
         """The prompt and its tokens (`encode(prompt)`), shrunk with `make_room` until it
         is at most `budget` tokens (the model's window less the answer's room). On a
         request's first round, a prompt over the high window watermark is compacted first."""
-        if not request.recalls:
-            self._compact(request, tool_syntax, encode, budget)
+        check = not request.recalls  # compaction is decided once, on a request's first round
         while True:
             messages = self.render(request, tool_syntax)
             tokens = encode(messages)
+            if check:
+                check = False
+                standing = dataclasses.replace(request, prefetched=())  # the prompt but what this request brings back
+                measure = lambda: len(encode(self.render(standing, tool_syntax)))  # noqa: E731
+                size = measure() if request.prefetched else len(tokens)
+                if size * 100 > budget * self.config.window_high:
+                    self._compact(request, standing, size, measure, budget)
+                    continue
             if len(tokens) <= budget:
                 return messages, tokens
             if not self.make_room(request):
@@ -353,15 +360,10 @@ class PagedSession:
                     "lower max_tokens, or use smaller pages (part_tokens, the page size)"
                 )
 
-    def _compact(self, request: Request, tool_syntax: str | None, encode: Callable[[list[Message]], Sequence[int]], budget: int) -> None:
-        """Evict the policy's victims, in one batch, when the standing prompt (without the
-        pages this request brings back) fills more than `window_high`% of `budget`, until
-        it would fill about `window_low`%: one prefix change now instead of one per turn
-        at the window's edge."""
-        standing = dataclasses.replace(request, prefetched=())
-        size = len(encode(self.render(standing, tool_syntax)))
-        if size * 100 <= budget * self.config.window_high:
-            return
+    def _compact(self, request: Request, standing: Request, size: int, measure: Callable[[], int], budget: int) -> None:
+        """Evict the policy's victims in one batch, the standing prompt being `size` tokens
+        (over `window_high`% of `budget`), until it would fill about `window_low`%: one
+        prefix change now instead of one per turn at the window's edge."""
         target, evicted, folded = budget * self.config.window_low // 100, [], self.folded
         while size > target:
             excess = size - target  # evict pages worth that much, then measure again (bookmarks add a little)
@@ -374,7 +376,7 @@ class PagedSession:
                 if marked <= 0:
                     break
                 self.folded += max(1, marked // 4)
-            size = len(encode(self.render(standing, tool_syntax)))
+            size = measure()
         if evicted or self.folded != folded:
             request.evicted_now += tuple(evicted)
             self._rebase()
