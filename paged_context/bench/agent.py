@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .agent_script import ASKS, FACTS, NOT_FOUND, RESULT_TOKENS, TOOL_CALLS, TOOLS, Fact, Step, build, opening
-from .report import percentile, publish, pyplot, save_figure, table
+from .report import percentile, publish, pyplot, save_panels, table
 from .servers import served
 
 SESSION = "bench-agent"
@@ -292,10 +292,7 @@ def plot(result: dict, path: Path) -> Path:
     tokens.plot([], [], color="orange", alpha=0.5, label="question (paged: fact missing)")
     tokens.set(ylabel="tokens", title="Prompt tokens per step")
     latency.set(xlabel="step", ylabel="seconds", title="Latency per step")
-    for ax in (tokens, latency):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return save_panels(fig, (tokens, latency), path, fontsize=8)
 
 
 def main(args) -> dict:

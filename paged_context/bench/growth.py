@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..session import PagedSession
 from ..text import approx_tokens
-from .report import percentile, publish, pyplot, save_figure, table
+from .report import percentile, publish, pyplot, save_panels, table
 
 USER_WORDS, ANSWER_WORDS = 120, 40
 VOCABULARY, NAMES = 8000, 300  # made-up words, drawn by Zipf's law; capitalised names among them
@@ -191,10 +191,7 @@ def plot(result: dict, path: Path) -> Path:
     left.set_ylim(bottom=0)
     right.plot([r["turns"] for r in result["checkpoints"]], [r["rss_mib"] for r in result["checkpoints"]], "o-", label="resident memory")
     right.set(xlabel="turn", ylabel="MiB", title="Process memory")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return save_figure(fig, path)
+    return save_panels(fig, (left, right), path)
 
 
 def main(args) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .report import publish, pyplot, save_figure, table
+from .report import publish, pyplot, save_panels, table
 
 PAGES = (512, 2048, 8192)
 PREFIX = 64  # tokens before the page, as a system prompt would be
@@ -340,9 +340,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_xlabel("page tokens")
     ax.set_ylabel("ms")
     ax.set_title(f"KV restore vs recompute ({result['device']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
+    return save_panels(fig, (ax,), path)
 
 
 def main(args) -> dict:

@@ -64,6 +64,14 @@ def pyplot():
     return plt
 
 
+def save_panels(fig, axes, path: Path, **legend) -> Path:
+    """A light grid and a legend on each panel, then `save_figure`."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(**legend)
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write and close a figure."""
     fig.tight_layout()

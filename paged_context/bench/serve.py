@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .report import publish, pyplot, save_figure, table
+from .report import publish, pyplot, save_panels, table
 from .servers import served
 
 TOPICS = ["gardening", "chess openings", "sourdough baking", "marathon training", "birdwatching", "pottery", "astronomy", "jazz piano"]
@@ -192,10 +192,7 @@ def plot(result: dict, path: Path) -> Path:
             left.axvline(failed[0]["turn"], color="red", alpha=0.4, linestyle="--", label=f"{label} fails")
     left.set(xlabel="turn", ylabel="prompt tokens", title="Prompt tokens per turn (computed: not cached)")
     right.set(xlabel="turn", ylabel="seconds", title="Time to first token")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return save_figure(fig, path)
+    return save_panels(fig, (left, right), path)
 
 
 def main(args) -> dict:

@@ -14,7 +14,7 @@ from ..policies import CLASSICAL_ONLINE, count_faults
 from ..policy_registry import NAMES, make_policy
 from ..processes import map_in_order
 from ..sim import traces as tr
-from .report import mean_std, publish, pyplot, save_figure, table
+from .report import mean_std, publish, pyplot, save_panels, table
 
 SEEDS = tuple(range(42, 52))
 CAPACITIES = (2, 4, 6, 8, 10, 12, 16)
@@ -200,9 +200,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_xlabel("cache size K_b (blocks)")
     ax.set_ylabel("fault rate")
     ax.set_title(result["source"])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
+    return save_panels(fig, (ax,), path)
 
 
 def main(args) -> dict:
