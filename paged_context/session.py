@@ -51,12 +51,13 @@ from .matching import PageMatcher
 from .pages import Page, Segmenter, Turn, atoms, boundary, split_long
 from .policies import Policy, ResidentSet
 from .policy_registry import NAMES as POLICY_NAMES, make_policy
-from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, render_recall, show_runs
+from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall, show_runs
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
 
 
 MAX_CALL_CHARS = 300
+DROPPED = "[shown earlier and dropped: pages"
 _INT_RANGES = {"part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100)}
 
 
@@ -385,8 +386,8 @@ class PagedSession:
         """Shrink the prompt when it does not fit the model's window: first drop the last
         prefetched page, then evict the policy's next victim, then page recent turns
         sooner (long tool results), then show the oldest bookmarks by page number only (a
-        quarter more each time). False when nothing is left to drop (the last message
-        alone is too long)."""
+        quarter more each time), then replace the pages of earlier recall rounds by their
+        numbers. False when nothing is left to drop (the last message alone is too long)."""
         if request.prefetched:
             request.prefetched = request.prefetched[:-1]
             return True
@@ -403,6 +404,10 @@ class PagedSession:
         if marked > 0:
             request.folded += max(1, marked // 4)
             return True
+        for i, (call, result, ids) in enumerate(request.recalls[:-1]):  # an earlier round's pages, oldest first
+            if ids and not result.startswith(DROPPED):
+                request.recalls[i] = (call, f"{DROPPED} {ranges(list(ids))} to fit the window; recall again if needed]", ids)
+                return True
         return False
 
     def recallable(self, request: Request) -> list[int]:

@@ -263,3 +263,32 @@ def test_a_reopened_session_goes_on_paging_and_bookmarking_as_if_never_closed(tm
 
 def bookmark_list(messages):
     return next(m.content for m in messages if m.segment == "bookmarks")
+
+
+def test_earlier_recall_rounds_give_way_when_the_window_is_full():
+    """Two rounds of recalled pages may not fit the window together: once nothing else
+    is left to drop, the earlier round's pages are replaced by their numbers and the
+    last round stays whole."""
+    from paged_context.text import approx_tokens
+
+    encode = lambda messages: range(sum(approx_tokens(m.content) + 4 for m in messages))  # noqa: E731
+
+    def two_rounds():
+        session = PagedSession("s", SMALL)
+        converse(session, 14)
+        request = session.ask("what about topic1 and topic2?")
+        first, second = session.evicted()[:2]
+        session.recall(request, "recall(...)", {"page_ids": [first]})
+        session.recall(request, "recall(...)", {"page_ids": [second]})
+        return session, request, first, second
+
+    session, request, _, _ = two_rounds()
+    budget = len(encode(session.render(request)))
+    while True:  # the largest budget at which the earlier round has to go
+        budget -= 5
+        session, request, first, second = two_rounds()
+        messages, tokens = session.render_within(request, None, encode, budget)
+        results = [m.content for m in messages if m.role == "tool"]
+        if results[0].startswith("[shown earlier and dropped: pages"):
+            break
+    assert str(first) in results[0] and session.pages[second].turns[0].text in results[1] and len(tokens) <= budget
