@@ -141,7 +141,7 @@ class Recorder(LearnedPolicy):
     the pages its request used."""
 
     def __init__(self, controller: Controller, source: str, sink: Decisions, rng: random.Random, keep: float, subgroup: str = "", rollout: tuple[float, int, int] = (0.0, 0, 0)):
-        self.controller = controller
+        super().__init__(controller)  # no shortlist: training scores every candidate
         self.source, self.sink, self.rng, self.subgroup = source, sink, rng, subgroup
         self.keep = keep
         self.rollout_keep, self.horizon, self.rollout_candidates = rollout
