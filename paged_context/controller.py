@@ -82,6 +82,12 @@ _COLUMN = {name: i for i, name in enumerate(FEATURES)}
 # for 281 of the 344 questions asked past 64 evicted pages, and the evidence for 59 of them
 # against 54.
 SHORTLIST = 64
+# rows of LearnedPolicy.features computed together
+_LOG1P = ("log_recency", "log_previous_gap", "log_novel_since", "log_misses_since", "log_age", "log_references", "log_run_references", "log_run_age")
+_LOG_DECAYED = slice(_COLUMN["log_decayed_8"], _COLUMN["log_decayed_512"] + 1)
+_RELATIVE_DECAYED = slice(_COLUMN["relative_decayed_8"], _COLUMN["relative_decayed_512"] + 1)
+_RATES = slice(_COLUMN["novelty_rate_16"], _COLUMN["miss_rate_32"] + 1)
+assert FEATURES[: len(_LOG1P)] == _LOG1P
 # A reference counts as novel (a sign the working set moved) when the page was never
 # referenced or not for this many steps.
 NOVEL_AFTER = 256
@@ -145,6 +151,11 @@ def default_checkpoint() -> Path:
     return Path(str(resources.files("paged_context.models") / "controller.safetensors"))
 
 
+_RATE_DECAY = np.array([2 ** (-1 / 16), 2 ** (-1 / 64), 2 ** (-1 / 32)])
+# what a reference adds to the rates (novelty_16, novelty_64, miss_32), by (novel, admitted)
+_RATE_STEP = {(n, a): np.array([n, n, a]) * (1 - _RATE_DECAY) for n in (False, True) for a in (False, True)}
+
+
 class History:
     """Reference statistics per key, in arrays so a decision's features are vector ops."""
 
@@ -165,7 +176,7 @@ class History:
         self.decayed = np.zeros((size, len(HALF_LIVES)))
         self.decayed_at = np.zeros(size)
         self.rates = np.zeros(3)  # novelty_16, novelty_64, miss_32
-        self._rate_decay = np.array([2 ** (-1 / 16), 2 ** (-1 / 64), 2 ** (-1 / 32)])
+        self._rate_decay = _RATE_DECAY
         self._half = np.array(HALF_LIVES)
         self.segments = RunLengthPosterior()
 
@@ -184,11 +195,11 @@ class History:
     def reference(self, key: Key, step: int, admitted: bool) -> None:
         known = key in self.slot
         s = self._slot(key)
-        before = self.decayed_now(np.array([s]), step)[0]
-        novel = admitted and (not known or step - self.last[s] > NOVEL_AFTER)
+        before = self.decayed[s] * np.exp2(-(step - self.decayed_at[s]) / self._half)  # decayed_now, for one slot
+        novel = bool(admitted and (not known or step - self.last[s] > NOVEL_AFTER))
         self.novel += novel
         self.misses += admitted
-        self.rates = self.rates * self._rate_decay + np.array([novel, novel, admitted]) * (1 - self._rate_decay)
+        self.rates = self.rates * self._rate_decay + _RATE_STEP[novel, bool(admitted)]
         self.decayed[s] = before + 1
         self.decayed_at[s] = step
         self.gap[s] = step - self.last[s] if known else step + 1
@@ -202,6 +213,20 @@ class History:
         if admitted:
             self.admitted[s] = step
         self.segments.observe(s)
+
+
+# A simulation runs a conversation at several boundaries and cache sizes, each with a
+# fresh policy: the same pages and questions come again, their terms are read once.
+@functools.lru_cache(maxsize=4096)
+def _page_terms(text: str) -> tuple[str, ...]:
+    return tuple(content_terms(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_terms(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A request's content terms, and its names and numbers."""
+    entities = frozenset(normalize(w) for w in words(text) if w[:1].isupper() or w[:1].isdigit() or w[:1] == "$")
+    return tuple(content_terms(text)), entities
 
 
 class LearnedPolicy(Policy):
@@ -247,8 +272,8 @@ class LearnedPolicy(Policy):
         self.pages.update((p.id, p) for p in pages)
 
     def on_request(self, text: str) -> None:
-        self.query = content_terms(text)
-        self.entities = {normalize(w) for w in words(text) if w[:1].isupper() or w[:1].isdigit() or w[:1] == "$"}
+        terms, entities = _request_terms(text)
+        self.query, self.entities = list(terms), set(entities)
         self._matches = None
         self._fresh_request = True  # the previous request's pages stay "last" until this one uses some
 
@@ -268,7 +293,7 @@ class LearnedPolicy(Policy):
         if key in self.index.docs:
             self._used_by_request(key)
         elif key in self.pages:  # written just now: index it
-            self.index.add(key, content_terms(self.pages[key].text))
+            self.index.add(key, _page_terms(self.pages[key].text))
         if key in self.gone:
             del self.gone[key]
             del self.gone_steps[bisect.bisect_left(self.gone_steps, self._last(key))]
@@ -301,6 +326,10 @@ class LearnedPolicy(Policy):
             # the shortlist, half of it recent pages, a recent page ranks far lower than among
             # thousands, and the controller brought back a fifth less evidence
             x[:, _COLUMN["recency_rank"]] = self._recency_ranks(pool, len(candidates))
+        return self._best(pool, x, budget, threshold)
+
+    def _best(self, pool: list[Key], x: np.ndarray, budget: int, threshold: float | None) -> list[Key]:
+        """prefetch's choice among `pool`, from their features `x`."""
         cut = self.controller.threshold if threshold is None else threshold
         scores = self.controller.score(x)
         order = np.argsort(-scores, kind="stable")[:budget]
@@ -343,40 +372,39 @@ class LearnedPolicy(Policy):
         """One row of FEATURES per key, relative features taken within `keys`."""
         h = self.history
         slots = np.array([h.slot[k] for k in keys])
-        recency = step - h.last[slots]
-        decayed = h.decayed_now(slots, step)
-        cols: dict[str, object] = {
-            "log_recency": np.log1p(recency),
-            "log_previous_gap": np.log1p(h.gap[slots]),
-            "log_novel_since": np.log1p(h.novel - h.novel_at[slots]),
-            "log_misses_since": np.log1p(h.misses - h.misses_at[slots]),
-            "log_age": np.log1p(step - h.admitted[slots]),
-            "log_references": np.log1p(h.total[slots]),
-            "log_run_references": np.log1p(h.run_count[slots]),
-            "log_run_age": np.log1p(step - h.run_start[slots]),
-            "recency_rank": np.argsort(np.argsort(recency, kind="stable"), kind="stable") / max(len(keys) - 1, 1),
-            "novelty_rate_16": h.rates[0],
-            "novelty_rate_64": h.rates[1],
-            "miss_rate_32": h.rates[2],
-            "log_capacity": math.log(self.capacity),
-            "resident": np.array([k in self.resident for k in keys]),
-        }
+        # one row per feature, in float64, cast to float32 once at the end; the log1p
+        # features come first in FEATURES and the decayed ones together, so each takes one
+        # call (the same values as one call per feature)
+        cols = np.zeros((len(FEATURES), len(keys)))
+        raw = cols[: len(_LOG1P)]
+        np.subtract(step, h.last[slots], out=raw[0])
+        recency = raw[0].copy()
+        raw[1] = h.gap[slots]
+        np.subtract(h.novel, h.novel_at[slots], out=raw[2])
+        np.subtract(h.misses, h.misses_at[slots], out=raw[3])
+        np.subtract(step, h.admitted[slots], out=raw[4])
+        raw[5] = h.total[slots]
+        run_count = h.run_count[slots]
+        raw[6] = run_count
+        np.subtract(step, h.run_start[slots], out=raw[7])
+        run_rate = run_count / (raw[7] + 1)
+        np.log1p(raw, out=raw)
+        cols[_COLUMN["relative_run_rate"]] = run_rate / (run_rate.max() + 1e-9)
+        decayed = h.decayed_now(slots, step).T
+        np.log1p(decayed, out=cols[_LOG_DECAYED])
+        np.divide(decayed, decayed.max(axis=1, keepdims=True) + 1e-9, out=cols[_RELATIVE_DECAYED])
+        cols[_COLUMN["recency_rank"]] = np.argsort(np.argsort(recency, kind="stable"), kind="stable") / max(len(keys) - 1, 1)
         next_probability = h.segments.predictive(slots)
-        cols["log_next_probability"] = np.log(next_probability)
-        cols["relative_next_probability"] = next_probability / next_probability.max()
-        cols["log_segment_length"] = math.log1p(h.segments.expected_run())
-        run_rate = h.run_count[slots] / (step - h.run_start[slots] + 1)
-        cols["relative_run_rate"] = run_rate / (run_rate.max() + 1e-9)
-        peak = decayed.max(axis=0) + 1e-9
-        for j, half_life in enumerate(HALF_LIVES):
-            cols[f"log_decayed_{int(half_life)}"] = np.log1p(decayed[:, j])
-            cols[f"relative_decayed_{int(half_life)}"] = decayed[:, j] / peak[j]
+        np.log(next_probability, out=cols[_COLUMN["log_next_probability"]])
+        cols[_COLUMN["relative_next_probability"]] = next_probability / next_probability.max()
+        cols[_COLUMN["log_segment_length"]] = math.log1p(h.segments.expected_run())
+        cols[_RATES] = h.rates[:, None]
+        cols[_COLUMN["log_capacity"]] = math.log(self.capacity)
         if self.index.docs:
-            cols.update(self._text_features(keys))
-        x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
-        for name, value in cols.items():
-            x[:, _COLUMN[name]] = value
-        return x
+            for name, value in self._text_features(keys).items():
+                cols[_COLUMN[name]] = value
+        cols[_COLUMN["resident"]] = [k in self.resident for k in keys]
+        return cols.T.astype(np.float32, order="C")
 
     def _text_features(self, keys: Sequence[Key]) -> dict[str, np.ndarray]:
         matches = self._best_matches()

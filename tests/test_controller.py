@@ -149,3 +149,66 @@ def test_a_session_controller_scores_a_shortlist_and_still_finds_the_fact(monkey
     everyone = list(session.evicted())
     rank = dict(zip(everyone, policy.features(everyone, session.resident.step)[:, FEATURES.index("recency_rank")]))
     assert x[:, FEATURES.index("recency_rank")] == pytest.approx([rank[k] for k in pool])
+
+
+def _features_one_by_one(policy: LearnedPolicy, keys, step) -> np.ndarray:
+    """LearnedPolicy.features as first written: each feature on its own, then into its column."""
+    h = policy.history
+    slots = np.array([h.slot[k] for k in keys])
+    recency = step - h.last[slots]
+    decayed = h.decayed_now(slots, step)
+    cols = {
+        "log_recency": np.log1p(recency),
+        "log_previous_gap": np.log1p(h.gap[slots]),
+        "log_novel_since": np.log1p(h.novel - h.novel_at[slots]),
+        "log_misses_since": np.log1p(h.misses - h.misses_at[slots]),
+        "log_age": np.log1p(step - h.admitted[slots]),
+        "log_references": np.log1p(h.total[slots]),
+        "log_run_references": np.log1p(h.run_count[slots]),
+        "log_run_age": np.log1p(step - h.run_start[slots]),
+        "recency_rank": np.argsort(np.argsort(recency, kind="stable"), kind="stable") / max(len(keys) - 1, 1),
+        "novelty_rate_16": h.rates[0],
+        "novelty_rate_64": h.rates[1],
+        "miss_rate_32": h.rates[2],
+        "log_capacity": math.log(policy.capacity),
+        "resident": np.array([k in policy.resident for k in keys]),
+    }
+    next_probability = h.segments.predictive(slots)
+    cols["log_next_probability"] = np.log(next_probability)
+    cols["relative_next_probability"] = next_probability / next_probability.max()
+    cols["log_segment_length"] = math.log1p(h.segments.expected_run())
+    run_rate = h.run_count[slots] / (step - h.run_start[slots] + 1)
+    cols["relative_run_rate"] = run_rate / (run_rate.max() + 1e-9)
+    peak = decayed.max(axis=0) + 1e-9
+    for j, half_life in enumerate((8, 32, 128, 512)):
+        cols[f"log_decayed_{half_life}"] = np.log1p(decayed[:, j])
+        cols[f"relative_decayed_{half_life}"] = decayed[:, j] / peak[j]
+    if policy.index.docs:
+        cols.update(policy._text_features(keys))
+    x = np.zeros((len(keys), len(FEATURES)), dtype=np.float32)
+    for name, value in cols.items():
+        x[:, FEATURES.index(name)] = value
+    return x
+
+
+def test_features_computed_together_equal_each_feature_computed_alone():
+    """features() fills rows of several features per call; every value must be the one its
+    definition gives alone, to the bit (retraining reproduces the shipped weights on that)."""
+    from paged_context.sim import synthetic
+    from paged_context.sim.probes import simulate
+
+    checked = []
+
+    class Checked(LearnedPolicy):
+        def features(self, keys, step):
+            x = super().features(keys, step)
+            assert x.dtype == np.float32 and x.flags.c_contiguous
+            assert np.array_equal(x, _features_one_by_one(self, keys, step))
+            checked.append(bool(self.index.docs))
+            return x
+
+    cache = ResidentSet(6, Checked(Controller.load()))
+    for key in tr.generate(3)[:1500]:
+        cache.access(key)
+    simulate(synthetic.generate_many(1, 10_000)[0], "topic_shift", Checked(Controller.load()), 3, prefetch="learned")
+    assert checked.count(False) > 100 and checked.count(True) > 50  # traces, and pages with text
