@@ -68,14 +68,16 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b)
 
 
-def restates(request: set[str], page: set[str], share: float = 0.5) -> bool:
-    """Whether a request already says much of what a page says (`share` of the page's
-    content words): bringing that page back would repeat the request, not add the past.
-    A long message that retells an old topic names its pages as strongly as a question
-    about them does; what tells them apart is what the page would add. In `bench serve`
-    the pages a chat turn names share 69-89% of their words with it, those a question
-    about an early fact names 1-7%; LoCoMo's dev probes lose no evidence to it."""
-    return bool(page) and len(page & request) >= share * len(page)
+def restates(request: set[str], page: set[str], share: float = 0.5, least: int = 20) -> bool:
+    """Whether a long request (`least` content words or more) already says much of what
+    a page says (`share` of the page's content words): bringing that page back would
+    repeat the request, not add the past. A long message that retells an old topic names
+    its pages as strongly as a question about them does; what tells them apart is what
+    the page would add. A question is short and never restates: a short page holding the
+    fact it asks about shares most of its words with it. In `bench serve` the pages a
+    chat turn (about 70 content words) names share 69-89% of their words with it, those a
+    question about an early fact names 1-7%; LoCoMo's dev probes lose no evidence to it."""
+    return len(request) >= least and bool(page) and len(page & request) >= share * len(page)
 
 
 def approx_tokens(text: str) -> int:

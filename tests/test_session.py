@@ -186,8 +186,11 @@ def test_a_users_question_brings_back_the_pages_it_names():
     assert fact in session.evicted()
     assert session.ask("How many rows did the replay give?").prefetched == (fact,)  # 'replay' matches 'replayed'
     session.finish(session.plan(), "4031.")
-    retold = "Our deploy replayed 4031 rows after the outage, again, and I keep thinking about that outage."
-    assert session.ask(retold).prefetched == ()  # a message that restates the page gets nothing back
+    retold = (
+        "Our deploy replayed 4031 rows after the outage, again. I keep thinking about that outage: the alerts fired late, "
+        "the dashboards stayed green, the pager woke the wrong team, and the rollback script needed three manual edits."
+    )
+    assert session.ask(retold).prefetched == ()  # a long message that restates the page gets nothing back
     session.finish(session.plan(), "4031.")
     session.add_turn("assistant", "", tool_calls=(ToolCall("search", '{"query": "replay rows"}', "c1"),))
     session.add_turn("tool", "replay rows: 4031", tool_call_id="c1")
