@@ -372,11 +372,11 @@ class PagedSession:
                 victims = self.resident.shrink(len(self.resident) - 1)
                 evicted += victims
                 excess -= sum(self.pages[p].tokens for p in victims)
-            if excess > 0:  # nothing resident is left: the oldest bookmarks go to numbers only, a quarter more each time
-                marked = len(self._bookmarked(standing)[1])
-                if marked <= 0:
+            if excess > 0:  # nothing resident is left: the oldest bookmarks go to numbers only
+                more = self._to_fold(standing)
+                if not more:
                     break
-                self.folded += max(1, marked // 4)
+                self.folded += more
             size = measure()
         if evicted or self.folded != folded:
             request.evicted_now += tuple(evicted)
@@ -400,9 +400,9 @@ class PagedSession:
             request.evicted_now += tuple(self._close_pages(recent))
             if self.paged_until > paged:
                 return True
-        marked = len(self._bookmarked(request)[1])
-        if marked > 0:
-            request.folded += max(1, marked // 4)
+        more = self._to_fold(request)
+        if more:
+            request.folded += more
             return True
         for i, (call, result, ids) in enumerate(request.recalls[:-1]):  # an earlier round's pages, oldest first
             if ids and not result.startswith(DROPPED):
@@ -459,6 +459,12 @@ class PagedSession:
         older = [f"Older pages {folded.ranges()} (recall them by number)."] if folded else []
         text = " ".join(["Bookmarks of pages out of view:", *older, *(self.bookmarks[p].render() for p in listed)])
         return [Message("system", text, "bookmarks")]
+
+    def _to_fold(self, request: Request) -> int:
+        """How many more bookmarks to fold to page numbers when the prompt must shrink: a
+        quarter of those still listed (at least one; none when none is listed)."""
+        listed = len(self._bookmarked(request)[1])
+        return max(1, listed // 4) if listed else 0
 
     def _bookmarked(self, request: Request) -> tuple[Evicted, list[int]]:
         """The evicted pages the list names by number only, and those it shows by bookmark:
