@@ -22,6 +22,10 @@ from paged_context.answering import Answering, Reply, Sampling, drive
 from paged_context.messages import parse_tools, split_messages
 from paged_context.session import PagingConfig
 
+# vLLM's own defaults reserve 92% of host memory on its CPU build and fail to start when
+# anything else holds memory; these suit a small machine, and every one can be overridden.
+VLLM_DEFAULTS = dict(enforce_eager=True, block_size=32, gpu_memory_utilization=0.3, kv_cache_memory_bytes=1 << 30)
+
 
 class PagedLLM:
     def __init__(
@@ -69,7 +73,7 @@ class PagedLLM:
         from .main import client_tool_parser
 
         processors = [*engine_args.pop("logits_processors", []), "paged_context.patches.vllm_logits:RecallLogitsProcessor"]
-        args = AsyncEngineArgs(model=str(self.model), logits_processors=processors, **{"enforce_eager": True, "block_size": 32, **engine_args})
+        args = AsyncEngineArgs(model=str(self.model), logits_processors=processors, **{**VLLM_DEFAULTS, **engine_args})
         client = self._run(self._make_client(AsyncLLM, args))
         tokenizer = AutoTokenizer.from_pretrained(self.model)
         return VLLMEngine(lambda: client, tokenizer, client.model_config.max_model_len, client_tool_parser("auto", tokenizer))

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from .llm import VLLM_DEFAULTS
+
 PAGING_ROUTES = ("/v1/chat/completions",)
 
 
@@ -31,10 +33,7 @@ def build_parser():
         )
     )
     # safe, small-machine defaults; each is an ordinary vLLM flag that overrides them
-    p.set_defaults(
-        model=None, host="127.0.0.1", port=8000, enforce_eager=True, block_size=32,
-        gpu_memory_utilization=0.3, kv_cache_memory_bytes=1 << 30,
-    )
+    p.set_defaults(model=None, host="127.0.0.1", port=8000, **VLLM_DEFAULTS)
     g = p.add_argument_group("paged-context")
     g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
     g.add_argument("--db", type=Path, help="SQLite page store (None: $PAGED_CONTEXT_HOME/sessions.db)")
