@@ -296,16 +296,25 @@ class PagedSession:
         evicted_now = tuple(self._close_pages())
         query = "\n".join(t.said for t in self.turns[self._last_exchange() :])
         self.policy.on_request(query)
+        request = Request(query, (), evicted_now, instructions)
+        self._bring_back(request)
+        return request
+
+    def _bring_back(self, request: Request) -> None:
+        """Choose the pages out of view that `request` brings back: the controller's
+        prefetch and, for a user's question, the pages that match it best. Chosen again
+        when the request's own compaction evicts pages."""
         evicted = self.evicted()
         prefetched: tuple[int, ...] = ()
         if self.config.prefetch_budget > 0:
             prefetched = tuple(self.policy.prefetch(evicted, self.config.prefetch_budget, self.resident.step))
         if self.turns and self.turns[-1].role == "user":  # tool results ask for the task at hand, not the past
-            named = self.matcher.best(query, evicted, self.config.match_budget)
+            named = self.matcher.best(request.query, evicted, self.config.match_budget)
             prefetched = tuple(dict.fromkeys([*named, *prefetched]))  # named first: making room drops from the end
-        if self.store is not None and prefetched:
-            self.store.record_references(self.id, self.resident.step, prefetched, "prefetch")
-        return Request(query, prefetched, evicted_now, instructions)
+        new = [p for p in prefetched if p not in request.prefetched]
+        if self.store is not None and new:
+            self.store.record_references(self.id, self.resident.step, new, "prefetch")
+        request.prefetched = prefetched
 
     def _last_exchange(self) -> int:
         """Where the turns the request answers begin: the last user message, or the last
@@ -352,6 +361,7 @@ class PagedSession:
                 size = measure() if request.prefetched else len(tokens)
                 if size * 100 > budget * self.config.window_high:
                     self._compact(request, standing, size, measure, budget)
+                    self._bring_back(request)  # what it evicted may be what the request asks for
                     continue
             if len(tokens) <= budget:
                 return messages, tokens

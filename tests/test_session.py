@@ -218,6 +218,27 @@ def test_a_prompt_filling_the_window_is_compacted_in_one_batch():
     assert len(batches) >= 2 and min(batches) >= 3 and len(batches) <= len(sizes) // 5
 
 
+def test_a_page_the_requests_own_compaction_evicts_can_come_back_for_it():
+    """A long history arriving at once is paged by the first request's compaction, after
+    the request was planned: a page that compaction evicted and the question names is
+    brought back for the question all the same."""
+    from paged_context.text import approx_tokens
+
+    config = PagingConfig(boundary="fixed_2", recent_turns=2, policy="lru", prefetch_budget=0, match_budget=2)
+    session = PagedSession("s", config)
+    session.add_turn("user", "My locker code at the Porto gym is 4417.")
+    session.add_turn("assistant", "Noted: locker 4417 in Porto.")
+    for i in range(1, 12):
+        session.add_turn("user", f"note {i}: " + " ".join(f"word{i}x{j}" for j in range(30)))
+        session.add_turn("assistant", f"answer {i}")
+    request = session.ask("What is my locker code at the Porto gym?")
+    assert request.prefetched == ()  # planned while every page was still in view
+    encode = lambda messages: range(sum(approx_tokens(m.content) + 4 for m in messages))  # noqa: E731
+    messages, _ = session.render_within(request, None, encode, 600)
+    assert 1 in request.evicted_now and 1 in request.prefetched
+    assert "4417" in "\n".join(m.content for m in messages)
+
+
 def test_the_evicted_pages_are_a_view_of_the_pages_not_shown():
     from paged_context.session import Evicted
 
