@@ -36,6 +36,11 @@ BENCHMARKS = {
         "end-to-end LoCoMo question answering through any OpenAI-compatible endpoint (or in-process): truncation, "
         "bm25, word overlap, search tool, full context, bookmark+recall and the controller; official F1 by category",
     ),
+    "evidence": (
+        "paged_context.bench.evidence",
+        "with no model, on any LoCoMo-format file: whether all / any of a question's evidence is in the context "
+        "that recent turns, BM25, dense, hybrid retrieval and the paging session build within 500 to 4,000 tokens",
+    ),
     "growth": (
         "paged_context.bench.growth",
         "one session driven with no model to 1k, 10k and 50k turns of synthetic chat: core time per turn (ingest, "
