@@ -8,6 +8,7 @@ import pytest
 
 from locomo_sample import write
 from paged_context.bench import locomo
+from paged_context.session import PagingConfig
 from paged_context.sim.conversations import load_locomo
 from paged_context.text import approx_tokens
 
@@ -74,7 +75,8 @@ def test_paged_methods_send_the_whole_conversation_with_their_options(conversati
     context = locomo.Context(conversations[0], settings())
     messages = context.history("Where?")
     assert len(messages) == 42 and messages[0]["role"] == "system" and messages[-1]["content"].startswith("Question: Where?")
-    assert locomo.paging_options("controller", settings())["policy"] == "learned"
+    ours = locomo.paging_options("controller", settings())
+    assert ours["policy"] == "learned" and ours["prefetch_budget"] == 3 and ours["match_budget"] == PagingConfig.match_budget > 0
     options = locomo.paging_options("bookmark_recall:tfidf", settings(resident=2))
     assert options == {"boundary": "fixed_10", "resident_low": 2, "resident_high": 2, "policy": "lru", "prefetch_budget": 0, "match_budget": 0, "keywords": "tfidf"}
     assert locomo.check_method("bookmark_recall:random") == "bookmark_recall:random"

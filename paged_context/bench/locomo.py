@@ -44,6 +44,7 @@ from .. import keywords
 from ..bm25 import BM25
 from ..pages import Page, Turn, segment
 from ..scoring import score
+from ..session import PagingConfig
 from ..sim.conversations import Conversation, default_locomo_path, load_locomo
 from ..text import approx_tokens, content_terms
 from .endpoints import Endpoint, HTTPEndpoint, InProcessEndpoint, NotPaged
@@ -243,12 +244,11 @@ class Context:
 def paging_options(method: str, settings: Settings) -> dict:
     """The paging server's options for a paged method (`bookmark_recall[:STRATEGY]`, `controller`)."""
     base, _, strategy = method.partition(":")
-    if base == "controller":
-        options = {"policy": "learned", "prefetch_budget": settings.prefetch, "keywords": strategy or "distinctive"}
-    else:
-        options = {"policy": "lru", "prefetch_budget": 0, "keywords": strategy or "heuristic"}
-    # the papers' methods: what the question names is not brought back by word match here (bm25 is its own method)
-    return {"boundary": settings.page, "resident_low": settings.resident, "resident_high": settings.resident, "match_budget": 0, **options}
+    if base == "controller":  # ours as the server runs it: the controller's prefetch and the pages the question names
+        options = {"policy": "learned", "prefetch_budget": settings.prefetch, "match_budget": PagingConfig.match_budget, "keywords": strategy or "distinctive"}
+    else:  # the paper's: nothing comes back but what the model recalls
+        options = {"policy": "lru", "prefetch_budget": 0, "match_budget": 0, "keywords": strategy or "heuristic"}
+    return {"boundary": settings.page, "resident_low": settings.resident, "resident_high": settings.resident, **options}
 
 
 def check_method(method: str) -> str:
