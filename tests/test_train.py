@@ -130,6 +130,7 @@ def test_train_controller_under_accelerate_launch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.retrain
 def test_training_from_scratch_reproduces_the_shipped_metrics(tmp_path, locomo_path):
     """The default training run (9 minutes on the 2-core CPU) lands within noise of the
     shipped checkpoint's recorded metrics. How long it takes is the model card's to
