@@ -118,3 +118,26 @@ def test_readme_block_is_replaced(tmp_path):
     assert readme.read_text() == "intro\n<!-- locomo-results:start -->\n| new |\n<!-- locomo-results:end -->\nrest\n"
     with pytest.raises(SystemExit):
         locomo.update_readme(tmp_path / "locomo.json" if (tmp_path / "locomo.json").write_text("{}") else readme, "x")
+
+
+class Unsure:
+    """An endpoint that answers every question 'I do not know'."""
+
+    model = "m"
+
+    def chat(self, messages, max_tokens, session=None, paging=None):
+        from paged_context.bench.endpoints import Answer
+
+        return Answer("I do not know", 10, None, None, 0.0)
+
+
+def test_a_conversations_questions_go_through_every_method_before_the_next_conversation(conversations, tmp_path):
+    """A machine whose load changes during a long run then slows the methods alike."""
+    questions = locomo.questions_of(conversations, [1, 2, 3, 4])
+    endpoint = Unsure()
+    log = locomo.Log(tmp_path / "run.jsonl", settings())
+    locomo.run(endpoint, conversations, questions, ["truncation", "bm25"], settings(), log, concurrency=1)
+    order = [(r["conversation"], r["method"]) for r in log.records]
+    assert [c for c, _ in order] == sorted(c for c, _ in order)  # conversation by conversation
+    assert {m for c, m in order if c == "conv-a"} == {"truncation", "bm25"}
+    assert len(order) == 2 * len(questions)

@@ -375,7 +375,9 @@ def run(endpoint: Endpoint, conversations: Sequence[Conversation], questions: Se
     the others find it in the prefix cache."""
     contexts = {c.id: Context(c, settings) for c in conversations}
     done = log.done("answer")
-    todo = [(m, q) for m in methods for q in questions if (m, q.id) not in done]
+    # a conversation's questions go through every method before the next conversation's, so
+    # a machine whose load changes during a long run slows the methods alike
+    todo = [(m, q) for q in questions for m in methods if (m, q.id) not in done]
     groups: dict[tuple[str, str], list[Question]] = defaultdict(list)
     for m, q in todo:
         groups[(m, q.conversation)].append(q)
