@@ -38,7 +38,7 @@ BENCHMARKS = {
     ),
     "evidence": (
         "paged_context.bench.evidence",
-        "with no model, on any LoCoMo-format file: whether all / any of a question's evidence is in the context "
+        "with no language model, on any LoCoMo-format file: whether all / any of a question's evidence is in the context "
         "that recent turns, BM25, dense, hybrid retrieval and the paging session build within 500 to 4,000 tokens",
     ),
     "growth": (
