@@ -206,7 +206,7 @@ class PagedSession:
             self.turns = store.turns(session_id)
             self.units = [u for t in self.turns for u in self._units(t)]
             self.bookmarks = {b.page_id: b for b in store.bookmarks(session_id)}  # frozen when first made
-            self._close_pages()  # replay: the pages follow from the turns again
+            self.close_pages()  # replay: the pages follow from the turns again
             for ref in store.references(session_id):
                 if ref.kind in ("pin", "unpin"):
                     (self.pinned.add if ref.kind == "pin" else self.pinned.discard)(ref.page_id)
@@ -231,10 +231,11 @@ class PagedSession:
 
     # --- plan ---------------------------------------------------------------------------
 
-    def _close_pages(self, recent: int | None = None) -> list[int]:
+    def close_pages(self, recent: int | None = None) -> list[int]:
         """Turn complete pages of the units before the `recent` last ones (the config's
         recent turns by default) into pages; returns the ids evicted to make room. The
-        last unit is never paged: a request always shows what it answers."""
+        last unit is never paged: a request always shows what it answers. Every plan
+        does this first; a history taken in at once can be paged before any request."""
         recent = self.config.recent_turns if recent is None else recent
         older = max(len(self.units) - max(recent, 1), 0)
         new = [page for unit in self.units[self.segmenter.fed : older] for page in self.segmenter.add(unit)]
@@ -293,7 +294,7 @@ class PagedSession:
         what has become old, and let the controller prefetch for what the request asks; a
         user's question also brings back the pages that match it best. `instructions`: the
         client's system prompt."""
-        evicted_now = tuple(self._close_pages())
+        evicted_now = tuple(self.close_pages())
         query = "\n".join(t.said for t in self.turns[self._last_exchange() :])
         self.policy.on_request(query)
         request = Request(query, (), evicted_now, instructions)
@@ -407,7 +408,7 @@ class PagedSession:
             return True
         paged = self.paged_until
         for recent in range(len(self.units) - paged - 1, 0, -1):
-            request.evicted_now += tuple(self._close_pages(recent))
+            request.evicted_now += tuple(self.close_pages(recent))
             if self.paged_until > paged:
                 return True
         more = self._to_fold(request)

@@ -84,6 +84,9 @@ class Prepared:
         self.session = PagedSession(conversation.id, PagingConfig(boundary=boundary), count_tokens=approx_tokens)
         for turn in turns:
             self.session.add_turn(turn.role, turn.text)
+        # the pages asking closes (the question is one more turn), made once for all the
+        # copies: a copy asked a question then pages nothing more
+        self.session.close_pages(self.session.config.recent_turns - 1)
 
     def _page_of(self, turn: int) -> int:
         return next(p.id for p in self.pages.values() if p.turns[0].index <= turn <= p.turns[-1].index)
