@@ -69,8 +69,8 @@ class PagingConfig:
     resident_low: int = 4  # ...evict down to this many (watermarks)
     window_high: int = 85  # when the prompt (less what a request brings back) fills more than this % of the window...
     window_low: int = 55  # ...evict down to this % (the window: the model's, less the answer's room)
-    prefetch_budget: int = 3  # pages the controller may bring back per request (0: none)
-    match_budget: int = 3  # pages a user's question may bring back by naming them (word match), beside those
+    prefetch_budget: int = 3  # the controller brings pages back until a request has this many (0: none)...
+    match_budget: int = 3  # ...counting first those a user's question brings back by naming them (word match)
     max_recall_ids: int = MAX_RECALL_IDS
     keywords: str = "distinctive"
     keyword_count: int = 4
@@ -302,16 +302,17 @@ class PagedSession:
         return request
 
     def _bring_back(self, request: Request) -> None:
-        """Choose the pages out of view that `request` brings back: the controller's
-        prefetch and, for a user's question, the pages that match it best. Chosen again
-        when the request's own compaction evicts pages."""
+        """Choose the pages out of view that `request` brings back: for a user's question,
+        the pages that match it best, then the controller's prefetch up to the budget.
+        Chosen again when the request's own compaction evicts pages."""
         evicted = self.evicted()
-        prefetched: tuple[int, ...] = ()
-        if self.config.prefetch_budget > 0:
-            prefetched = tuple(self.policy.prefetch(evicted, self.config.prefetch_budget, self.resident.step))
+        named: tuple[int, ...] = ()
         if self.turns and self.turns[-1].role == "user":  # tool results ask for the task at hand, not the past
-            named = self.matcher.best(request.query, evicted, self.config.match_budget)
-            prefetched = tuple(dict.fromkeys([*named, *prefetched]))  # named first: making room drops from the end
+            named = tuple(self.matcher.best(request.query, evicted, self.config.match_budget))
+        # what the question names is the better guess: the controller only fills the rest
+        room = self.config.prefetch_budget - len(named)
+        predicted = self.policy.prefetch(evicted, room + len(named), self.resident.step) if room > 0 else []
+        prefetched = (*named, *[p for p in predicted if p not in named][:room])  # named first: making room drops from the end
         new = [p for p in prefetched if p not in request.prefetched]
         if self.store is not None and new:
             self.store.record_references(self.id, self.resident.step, new, "prefetch")

@@ -47,8 +47,8 @@ def build_parser():
         help="when the prompt fills more than HIGH%% of the model's window, compact it to about LOW%% in one batch (default 55 85)",
     )
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
-    g.add_argument("--prefetch-budget", type=int, default=3, help="pages the controller may prefetch per request")
-    g.add_argument("--match-budget", type=int, default=3, help="pages a user's question may bring back by sharing their words")
+    g.add_argument("--prefetch-budget", type=int, default=3, help="pages a request may bring back: those the question names first (--match-budget), then the controller's")
+    g.add_argument("--match-budget", type=int, default=3, help="of those, pages a user's question may bring back by sharing their words")
     g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
     g.add_argument(
         "--client-tool-parser", default="auto",
