@@ -80,16 +80,15 @@ class Prepared:
         for p in self.pages.values():
             self.index.add(p.id, content_terms(p.text))
         self.vectors = embed(self.lines) if embed else None
-        self.page_of = np.array([self._page_of(i) for i in range(len(self.lines))])
+        self.page_of = np.zeros(len(self.lines), dtype=int)  # each turn's page
+        for p in self.pages.values():
+            self.page_of[[t.index for t in p.turns]] = p.id
         self.session = PagedSession(conversation.id, PagingConfig(boundary=boundary), count_tokens=approx_tokens)
         for turn in turns:
             self.session.add_turn(turn.role, turn.text)
         # the pages asking closes (the question is one more turn), made once for all the
         # copies: a copy asked a question then pages nothing more
         self.session.close_pages(self.session.config.recent_turns - 1)
-
-    def _page_of(self, turn: int) -> int:
-        return next(p.id for p in self.pages.values() if p.turns[0].index <= turn <= p.turns[-1].index)
 
     # --- the retrievers -----------------------------------------------------------------------
 
