@@ -75,6 +75,18 @@ class VLLMEngine:
             completion = out.outputs[0]
             text, cached, generated = completion.text, out.num_cached_tokens or 0, len(completion.token_ids)
             truncated = completion.finish_reason == "length"
+            if completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str) and not params.skip_special_tokens:
+                text = self._without_end(text, completion.token_ids)
             if on_text is not None:
                 on_text(text)
         return Generated(text, generated, cached, truncated)
+
+    def _without_end(self, text: str, token_ids) -> str:
+        """`text` less the end-of-sequence token that stopped it: with special tokens kept
+        (for `<tool_call>`), vLLM writes that token out too (`<|im_end|>`)."""
+        tokenizer = self.template.tokenizer
+        if not token_ids or token_ids[-1] not in tokenizer.all_special_ids:
+            return text
+        end = tokenizer.decode(token_ids[-1:], skip_special_tokens=False)
+        return text[: -len(end)] if end and text.endswith(end) else text
+

@@ -272,3 +272,19 @@ def test_stock_vllm_serve_refuses_bad_constraint_options(stock_server, parser_to
     request["extra_body"]["vllm_xargs"]["paged_recall_allowed"] = ["p4"]
     with pytest.raises(openai.BadRequestError, match="allowed"):
         client.chat.completions.create(**request)
+
+
+def test_the_end_of_sequence_token_is_not_part_of_a_hermes_answer():
+    """With `<tool_call>` kept (special tokens not skipped), vLLM writes out the token that
+    ended the answer too; the engine drops it, and only it."""
+    from tiny_model import HERMES_TEMPLATE, tokenizer
+
+    from paged_context.patches.vllm_engine import VLLMEngine
+
+    tok = tokenizer(HERMES_TEMPLATE)
+    engine = VLLMEngine(lambda: None, tok, 1024)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    answer = tok.encode("Ed Sheeran", add_special_tokens=False)
+    assert engine._without_end("Ed Sheeran<|im_end|>", [*answer, end]) == "Ed Sheeran"
+    assert engine._without_end("Ed Sheeran", answer) == "Ed Sheeran"  # ended otherwise: nothing to drop
+    assert engine._without_end("", []) == ""
