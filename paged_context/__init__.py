@@ -16,7 +16,7 @@ from .policy_registry import make_policy
 from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
 from .session import PagedSession, PagingConfig
 from .sim.conversations import Conversation, Probe, load_locomo
-from .store import PageStore, SQLiteStore
+from .store import PageStore, SessionBusy, SQLiteStore
 
 __all__ = [
     "Bookmark",
@@ -31,6 +31,7 @@ __all__ = [
     "RECALL_INSTRUCTION",
     "RecallError",
     "ResidentSet",
+    "SessionBusy",
     "SQLiteStore",
     "Turn",
     "bookmarks",

@@ -13,7 +13,10 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+import fcntl
+import hashlib
+import os
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -45,6 +48,14 @@ class Reference:
 
 class StoreError(ValueError):
     pass
+
+
+class SessionBusy(RuntimeError):
+    """Another writer (a replica, or a request of this one) holds the session."""
+
+    def __init__(self, session_id: str, waited: float):
+        super().__init__(f"session {session_id!r} is being answered elsewhere; still busy after {waited:g} s")
+        self.session_id, self.waited = session_id, waited
 
 
 class PageStore(ABC):
@@ -87,6 +98,17 @@ class PageStore(ABC):
     @abstractmethod
     def references(self, session_id: str) -> list[Reference]: ...
 
+    @abstractmethod
+    def version(self, session_id: str) -> int:
+        """How many write transactions changed the session (0 when it has none or does
+        not exist): a server that sees another number than after its own last write
+        knows another replica wrote, and reads the session again."""
+
+    @abstractmethod
+    def hold(self, session_id: str, wait: float) -> AbstractContextManager[None]:
+        """The session's one-writer lock, across threads, processes and replicas, held
+        for the block; SessionBusy when it is not free within `wait` seconds."""
+
     def close(self) -> None:
         pass
 
@@ -99,7 +121,7 @@ class PageStore(ABC):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT);
+    id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT, version INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
@@ -133,6 +155,8 @@ class SQLiteStore(PageStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count_tokens = count_tokens
         self._lock = threading.Lock()
+        self._memory_locks: dict[str, threading.Lock] = {}
+        self._memory_locks_guard = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -143,6 +167,8 @@ class SQLiteStore(PageStore):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
             if "config" not in columns:  # a store written before sessions had their own options
                 self._db.execute("ALTER TABLE sessions ADD COLUMN config TEXT")
+            if "version" not in columns:  # a store written before replicas shared one
+                self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
             if "tool_call_ids" in columns:  # a store written before turns kept whole calls (ids only)
                 self._db.execute("ALTER TABLE turns RENAME COLUMN tool_call_ids TO tool_calls")
@@ -165,7 +191,8 @@ class SQLiteStore(PageStore):
 
     @staticmethod
     def _require(db: sqlite3.Connection, session_id: str) -> None:
-        if not db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+        """The session exists; the transaction writes to it, so its version moves on."""
+        if db.execute("UPDATE sessions SET version = version + 1 WHERE id = ?", (session_id,)).rowcount == 0:
             raise StoreError(f"no session {session_id!r}")
 
     def create_session(self, session_id, owner=None, config=None):
@@ -246,6 +273,40 @@ class SQLiteStore(PageStore):
     def references(self, session_id):
         rows = self._read("SELECT step, page_id, kind, at FROM refs WHERE session_id = ? ORDER BY step, rowid", (session_id,))
         return [Reference(*row) for row in rows]
+
+    def version(self, session_id):
+        row = self._read("SELECT version FROM sessions WHERE id = ?", (session_id,))
+        return row[0][0] if row else 0
+
+    @contextmanager
+    def hold(self, session_id, wait):
+        if str(self.path) == ":memory:":  # one process: a lock of its own
+            with self._memory_locks_guard:
+                lock = self._memory_locks.setdefault(session_id, threading.Lock())
+            if not lock.acquire(timeout=max(wait, 0)):
+                raise SessionBusy(session_id, wait)
+            try:
+                yield
+            finally:
+                lock.release()
+            return
+        # a lock file per session beside the database, for servers sharing the file
+        folder = self.path.parent / f"{self.path.name}.locks"
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / hashlib.sha256(session_id.encode()).hexdigest()[:32], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SessionBusy(session_id, wait) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def close(self):
         with self._lock:

@@ -137,3 +137,35 @@ def test_a_store_from_before_whole_tool_calls_opens_and_keeps_its_turns(tmp_path
         assert store.turns("s")[3].tool_calls == (call,)
     with SQLiteStore(db) as store:  # opening again changes nothing
         assert len(store.turns("s")) == 4
+
+
+def test_a_session_version_counts_its_writes(tmp_path):
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        assert store.version("s") == 0
+        store.create_session("s")
+        store.append_turns("s", [Turn(0, "user", "hello")])
+        store.record_references("s", 0, [1], "recall")
+        assert store.version("s") == 2
+        with SQLiteStore(tmp_path / "pages.db") as other:  # another server on the same file sees it
+            other.append_turns("s", [Turn(1, "assistant", "hi")])
+        assert store.version("s") == 3
+
+
+@pytest.mark.parametrize("where", ["pages.db", ":memory:"])
+def test_one_writer_holds_a_session(tmp_path, where):
+    from paged_context.store import SessionBusy
+
+    path = tmp_path / where if where != ":memory:" else where
+    with SQLiteStore(path) as store:
+        with store.hold("s", wait=1):
+            with pytest.raises(SessionBusy, match="busy after 0.05 s"):
+                with store.hold("s", wait=0.05):
+                    pass
+            with store.hold("t", wait=0):  # other sessions are free
+                pass
+            if where != ":memory:":  # and another process (here: another open of the file) waits too
+                with SQLiteStore(path) as other, pytest.raises(SessionBusy):
+                    with other.hold("s", wait=0.05):
+                        pass
+        with store.hold("s", wait=0):  # released on leaving the block
+            pass
