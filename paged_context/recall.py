@@ -90,6 +90,8 @@ def parse_recall_arguments(
             arguments = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as e:
             raise RecallError(f"recall error: the arguments are not valid JSON ({e.msg} at character {e.pos}). {example}") from None
+        except RecursionError:
+            raise RecallError(f"recall error: the arguments nest too deeply. {example}") from None
     if not isinstance(arguments, Mapping):
         raise RecallError(f"recall error: the arguments must be a JSON object, got {_kind(arguments)}. {example}")
     extra = sorted(set(arguments) - {"page_ids"})

@@ -114,6 +114,8 @@ async def read_body(raw: Request, state: PagingState) -> dict:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # thousands of nested arrays: Python's parser gives up
+        raise BadRequest("the request body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body

@@ -26,6 +26,7 @@ def test_valid_calls():
     "arguments, expected",
     [
         ('{"page_ids": [7, ', "not valid JSON"),
+        ('{"page_ids": ' + "[" * 5000 + "]" * 5000 + "}", "nest too deeply"),
         ("[7]", "must be a JSON object"),
         ('{"pages": [7]}', "page_ids is missing"),
         ('{"page_ids": [7], "why": "x"}', "unexpected argument"),

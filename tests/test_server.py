@@ -277,6 +277,7 @@ def test_the_clients_tools_are_checked(vllm_server):
     "body, status, message",
     [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, 400, "nests JSON too deeply"),
         (b"[]", 400, "JSON object"),
         (b'{"model": "tiny"}', 400, "messages"),
         (b'{"messages": []}', 400, "empty"),
