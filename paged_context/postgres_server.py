@@ -46,13 +46,14 @@ class PostgresServer:
     """`with PostgresServer() as server:` a running server; `server.url()` its libpq URL,
     `server.create_database(name)` a fresh database's."""
 
-    def __init__(self, folder: str | Path | None = None, bindir: Path | None = None, settings: dict[str, str] | None = None):
+    def __init__(self, parent: str | Path | None = None, bindir: Path | None = None, settings: dict[str, str] | None = None):
+        """A server in a new folder in `parent` (default: the temporary folder), which the
+        server's user (`nobody` when run as root) must be able to enter."""
         found = bindir or find_bindir()
         if found is None:
             raise FileNotFoundError("no PostgreSQL binaries (initdb, pg_ctl, postgres): install PostgreSQL (Debian: apt-get install postgresql-15)")
         self.bindir = Path(found)
-        self._own_folder = folder is None
-        self.folder = Path(tempfile.mkdtemp(prefix="pgc-")) if folder is None else Path(folder)
+        self.folder = Path(tempfile.mkdtemp(prefix="pgc-", dir=parent))  # short: a socket's path has at most 107 bytes
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
         self.settings = {"listen_addresses": "''", "unix_socket_directories": shlex.quote(str(self.folder)), "fsync": "on", **(settings or {})}
@@ -74,22 +75,21 @@ class PostgresServer:
         return done
 
     def start(self) -> "PostgresServer":
-        self.folder.mkdir(parents=True, exist_ok=True)
         if self._user:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
-        if not (self.data / "PG_VERSION").exists():
-            # --no-sync: initdb's own final flush only; the running server syncs every commit
-            self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        # --no-sync: initdb's own final flush only; the running server syncs every commit
+        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
         options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", options)
         self.running = True
         return self
 
     def stop(self) -> None:
-        if self.running:
-            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
-            self.running = False
-        if self._own_folder:
+        try:
+            if self.running:
+                self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
+                self.running = False
+        finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

@@ -64,3 +64,22 @@ def test_a_holder_writes_on_its_own_connection(postgres_url):
 def test_an_unreachable_server_fails_at_open(tmp_path):
     with pytest.raises(psycopg.OperationalError):
         PostgresStore(f"postgresql://nobody@/pages?host={tmp_path}", timeout=2)
+
+
+def test_bench_store_measures_both_backends_and_leaves_no_session(postgres_url, tmp_path, capsys):
+    import json
+
+    from paged_context import cli
+
+    argv = ["bench", "store", "--db", postgres_url, "--dir", str(tmp_path), "--turns", "20", "--threads", "4", "--sessions", "8", "--session-turns", "3"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "store.json").read_text())
+    for name in ("sqlite", "postgresql"):
+        one, many = result["backends"][name]["one_writer"], result["backends"][name]["many_writers"]
+        assert one["turns"] == 20 and 0 < one["p50_ms"] <= one["p95_ms"] and many["sessions_per_s"] > 0
+    assert result["postgresql"]["fsync"] == "on" and "under_target" in result["acceptance"]
+    assert "anchor: issue 18" in capsys.readouterr().out and (tmp_path / "out" / "store.png").exists()
+    with open_store(postgres_url) as store:
+        assert store.sessions() == []
+    assert list(tmp_path.glob("bench-store-*")) == []  # its temporary folder is gone
+    assert cli.main(["bench", "store", "--db", "sqlite.db"]) == 2  # --db is for PostgreSQL
