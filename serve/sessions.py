@@ -18,7 +18,7 @@ from paged_context.calls import CallSyntax
 from paged_context.messages import BadRequest, ChatTurn, Exchange
 from paged_context.pages import Turn
 from paged_context.session import PagedSession, PagingConfig, Request
-from paged_context.store import SQLiteStore
+from paged_context.store import PageStore
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -68,7 +68,7 @@ class SessionRegistry:
     """Open sessions over one durable store, one lock per session so concurrent requests
     to a session take turns (different sessions run in parallel)."""
 
-    def __init__(self, store: SQLiteStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None):
+    def __init__(self, store: PageStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it.
         `forget(session_id)`: the engine drops a deleted session's state (its KV cache)."""
         self.store, self.config, self.count_tokens, self.complete, self.forget = store, config, count_tokens, complete, forget
