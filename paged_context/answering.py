@@ -15,10 +15,11 @@ answer and builds the report. An engine is a thin driver around it (`drive` belo
 
 from __future__ import annotations
 
+
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Protocol
 
 from .calls import RECALL, ToolCall, visible_end
@@ -63,10 +64,11 @@ class Round:
     forced: bool = False  # the round writes a call to a client tool (tool_choice required or named)
     opening: str = ""  # the forced call's opening, already at the end of the prompt
     schema: dict | None = None  # JSON schema the forced call's text follows, where the engine can enforce it
+    bare: bool = False  # calls may also come without their marker (`calls.BARE_OPENERS`)
 
     def visible_end(self, text: str) -> int:
         """How much of the text generated so far a client may see."""
-        return 0 if self.forced else visible_end(text, self.markers)
+        return 0 if self.forced else visible_end(text, self.markers, self.bare)
 
 
 @dataclass(frozen=True)
@@ -153,15 +155,19 @@ class Answering:
         """The next generation to run, or None when the answer is complete."""
         if self.done:
             return None
-        syntax, tools = self.template.syntax, self.tools
-        opening, schema = self.template.forced_opening(tools) if tools.forced else ("", None)
+        syntax = self.template.syntax
+        opening, schema = self.template.forced_opening(self.tools) if self.tools.forced else ("", None)
         extra = self.template.tokenizer(opening, add_special_tokens=False).input_ids if opening else []
         budget = self.window - self.sampling.max_tokens - len(extra)
-        encode = lambda messages: self.template.encode(messages, tools)  # noqa: E731
+        # recall is offered once pages are out of view, as the paging instructions are (a
+        # compaction while rendering may be what starts it)
+        shown = lambda: replace(self.tools, recall=self.session.base is not None)  # noqa: E731
+        encode = lambda messages: self.template.encode(messages, shown())  # noqa: E731
         try:
             messages, ids = self.session.render_within(self.request, syntax.instruction(), encode, budget)
         except ValueError as error:
             raise BadRequest(str(error)) from error
+        tools = shown()
         may_call = not tools.forced and self.served < self.max_rounds
         allowed = tuple(self.session.recallable(self.request)) if may_call else ()
         shared = syntax.name == "hermes" and bool(tools.names)
@@ -172,7 +178,8 @@ class Answering:
             stop = ()  # the schema ends a forced call; a shared marker may open the client's calls
         else:
             stop = (syntax.marker,)  # a recall call would not be served: end where it would begin
-        self.round = Round(messages, tools, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema)
+        bare = syntax.name == "hermes" and (tools.recall or bool(tools.names))
+        self.round = Round(messages, tools, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema, bare)
         return self.round
 
     def take(self, generated: Generated) -> str:
@@ -184,7 +191,7 @@ class Answering:
         usage["rounds"] += 1
         if round_.forced:
             return self._finish("", self._forced_calls(generated.text), generated.truncated)
-        found = self.template.find_calls(generated.text, self.tools)
+        found = self.template.find_calls(generated.text, round_.tools)
         if found is None:
             return self._finish(generated.text, (), generated.truncated)
         shown, calls = found

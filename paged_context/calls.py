@@ -89,17 +89,44 @@ class CallSyntax:
         return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
-def find_calls(syntax: CallSyntax, text: str, tools: Collection[str] = ()) -> tuple[int, list[ToolCall]] | None:
+def find_calls(syntax: CallSyntax, text: str, tools: Collection[str] = (), bare: Collection[str] = ()) -> tuple[int, list[ToolCall]] | None:
     """Every call in `text`, to recall or to one of `tools`, in order (parallel calls), and
     where the first begins; None when there is none. Lenient: a call cut short or with
-    malformed arguments is still a call (its name is "" when it cannot be read)."""
+    malformed arguments is still a call (its name is "" when it cannot be read). `bare`:
+    the tools a Hermes model was shown, whose calls it may write without the tags."""
     calls, first, at = [], None, 0
     while (hit := _next_call(syntax, text, at, tools)) is not None:
         start, end, call = hit
         first = start if first is None else first
         calls.append(call)
         at = end
+    if first is None and syntax.name == "hermes" and (call := _bare_call(text, bare)) is not None:
+        return len(text) - len(text.lstrip()), [call]
     return None if first is None else (first, calls)
+
+
+# How a model of the Hermes family begins a call it writes without the tags: Qwen2.5-Coder
+# answers with the call's JSON alone, or in a json code block.
+BARE_OPENERS = ("{", "```")
+_FENCE = re.compile(r"```[A-Za-z]*\s*")
+
+
+def _bare_call(text: str, tools: Collection[str]) -> ToolCall | None:
+    """The call an answer opens with, when it begins with `{"name": ..., "arguments": ...}`
+    (in a code block or not) naming one of `tools`; None otherwise, so an answer
+    that merely contains JSON stays an answer. What follows the call is not shown, as
+    after a tagged call."""
+    body = text.lstrip()
+    if (fence := _FENCE.match(body)) is not None:
+        body = body[fence.end() :]
+    try:
+        payload, _ = _JSON.raw_decode(body)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(payload, dict) or set(payload) != {"name", "arguments"} or payload["name"] not in tools:
+        return None
+    arguments = payload["arguments"]
+    return ToolCall(payload["name"], arguments if isinstance(arguments, str) else json.dumps(arguments))
 
 
 _NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
@@ -255,10 +282,14 @@ def held_back(text: str, marker: str) -> int:
     return 0
 
 
-def visible_end(text: str, markers: Sequence[str]) -> int:
+def visible_end(text: str, markers: Sequence[str], bare: bool = False) -> int:
     """How much of generated `text` a client may see while it is still growing: all of it
     before the first call marker, less a tail that could still become one, less half a
-    multi-byte character."""
+    multi-byte character. `bare`: calls may come without a marker (`BARE_OPENERS`), so an
+    answer that begins like one is held until it is complete."""
+    begun = text.lstrip()
+    if bare and any(begun.startswith(o) or o.startswith(begun) for o in BARE_OPENERS):
+        return 0
     starts = [i for i in (text.find(m) for m in markers) if i >= 0]
     if starts:
         return min(starts)

@@ -48,11 +48,13 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Tools:
-    """The client's own tools for one request (OpenAI function calling)."""
+    """The client's own tools for one request (OpenAI function calling), and whether the
+    server's recall tool is shown beside them."""
 
     functions: tuple[dict, ...] = ()  # the `function` objects as sent: name, description, parameters
     choice: str = "none"  # "auto", "none", "required", or the name of the one function to call
     parallel: bool = True
+    recall: bool = False  # the session has pages out of view (a template with native tools lists recall then)
 
     @property
     def offered(self) -> tuple[dict, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Sequence
 
-from .calls import HERMES, PLAIN, CallSyntax, ToolCall, find_calls
+from .calls import HERMES, PLAIN, RECALL, CallSyntax, ToolCall, find_calls
 from .messages import Tools
 from .recall import recall_tool
 
@@ -89,7 +89,8 @@ class ChatTemplate:
 
     def text(self, messages, tools: Tools = Tools(), generation_prompt: bool = True) -> str:
         """The prompt text of paged messages, through the model's own chat template."""
-        schemas = [recall_tool(), *({"type": "function", "function": f} for f in tools.offered)] if self.syntax is HERMES else None
+        schemas = [*([recall_tool()] if tools.recall else []), *({"type": "function", "function": f} for f in tools.offered)]
+        schemas = schemas if self.syntax is HERMES and schemas else None  # no tools: the template's plain system prompt
         return self.tokenizer.apply_chat_template(self.chat(messages, tools), tools=schemas, tokenize=False, add_generation_prompt=generation_prompt)
 
     def encode(self, messages, tools: Tools = Tools()) -> list[int]:
@@ -107,7 +108,8 @@ class ChatTemplate:
         theirs = self.parse_calls(text, tools) if self.parse_calls is not None else None
         if theirs:
             return theirs
-        found = find_calls(self.syntax, text, tools.names)
+        shown = (*([RECALL] if tools.recall else []), *tools.names)
+        found = find_calls(self.syntax, text, tools.names, bare=shown)
         return None if found is None else (text[: found[0]], found[1])
 
     def forced_opening(self, tools: Tools) -> tuple[str, dict]:

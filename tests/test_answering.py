@@ -115,7 +115,7 @@ def test_hermes_renders_tools_natively_and_refuses_unknown_tools(hermes):
     tools = parse_tools({"tools": [READ_FILE]})
     answering = Answering(session, session.ask("open it"), hermes, 4096, tools=tools)
     first = answering.next_round()
-    text = hermes.text(first.messages, tools)
+    text = hermes.text(first.messages, first.tools)
     assert '"name": "recall"' in text and '"name": "read_file"' in text and "<tools>" in text
     assert first.recall.shared and first.stop == (hermes.syntax.tail,)
     answering.take(Generated('<tool_call>\n{"name": "delete_everything", "arguments": {}}\n</tool_call>', 9))
@@ -124,6 +124,30 @@ def test_hermes_renders_tools_natively_and_refuses_unknown_tools(hermes):
     answering.take(Generated('<tool_call>\n{"name": "read_file", "arguments": {"path": "x"}}\n</tool_call>', 9))
     reply = answering.reply()
     assert [c.name for c in reply.tool_calls] == ["read_file"] and reply.paging["recall_errors"] == 1
+
+
+def test_recall_is_offered_only_once_pages_are_out_of_view(hermes):
+    """A conversation that fits shows the model no recall tool (nothing to recall; a model
+    shown one calls it anyway), nor paging instructions: the prompt a stock server sends."""
+    session = PagedSession("short", PagingConfig(boundary="fixed_2", resident_high=50), count_tokens=hermes.count_tokens)
+    session.add_turn("user", "hello there")
+    round_ = Answering(session, session.plan(), hermes, 4096).next_round()
+    assert not round_.tools.recall and round_.recall is None
+    text = hermes.text(round_.messages, round_.tools)
+    assert "recall" not in text and "<tools>" not in text
+    paged = paged_session(hermes)
+    round_ = Answering(paged, paged.ask("and now?"), hermes, 4096).next_round()
+    assert round_.tools.recall and '"name": "recall"' in hermes.text(round_.messages, round_.tools)
+
+
+def test_a_bare_recall_call_is_served(hermes):
+    """Qwen2.5-Coder's habit: the call's JSON in a code block, no <tool_call> tags."""
+    session = paged_session(hermes)
+    page = session.evicted()[0]
+    bare = f'```json\n{{"name": "recall", "arguments": {{"page_ids": [{page}]}}}}\n```'
+    reply, rounds = run(Answering(session, session.ask("what was the first budget?"), hermes, 4096), [bare, "000"])
+    assert reply.text == "000" and reply.paging["recalled"] == [page] and len(rounds) == 2
+    assert session.pages[page].turns[0].text in rounds[1].messages[-1].content
 
 
 def test_expose_recall_returns_the_call_and_stores_no_answer(plain):

@@ -50,3 +50,44 @@ def test_held_back_keeps_a_possible_marker_start():
     assert held_back("The answer is rec", "recall(") == 3
     assert held_back("The answer is 42", "recall(") == 0
     assert held_back("x <tool", "<tool_call>") == 5
+
+
+@pytest.mark.parametrize(
+    "text, name, arguments",
+    [
+        ('{"name": "recall", "arguments": {"page_ids": [3]}}', "recall", '{"page_ids": [3]}'),
+        ('```json\n{"name": "recall", "arguments": {"page_ids": [3, 4]}}\n```', "recall", '{"page_ids": [3, 4]}'),
+        ('  {"name": "read_file", "arguments": {"path": "a.txt"}}\nI will read it.', "read_file", '{"path": "a.txt"}'),
+    ],
+)
+def test_a_hermes_model_may_write_a_call_without_the_tags(text, name, arguments):
+    """Qwen2.5-Coder writes its calls as the JSON object alone, or in a json code block."""
+    from paged_context.calls import find_calls
+
+    start, (call,) = find_calls(HERMES, text, ["read_file"], bare=["recall", "read_file"])
+    assert (call.name, json.loads(call.arguments)) == (name, json.loads(arguments)) and not text[:start].strip()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "recall", "arguments": {"page_ids": [3]}}',  # recall not shown to the model
+        'The call is {"name": "read_file", "arguments": {}}',  # an answer that contains JSON
+        '{"name": "delete_everything", "arguments": {}}',  # no such tool
+        '{"name": "read_file", "arguments": {}, "why": 1}',  # not a call's shape
+        '{"name": "read_file", "arguments": {',  # cut short: an answer, as the model wrote it
+    ],
+)
+def test_json_that_is_not_a_bare_call_stays_an_answer(text):
+    from paged_context.calls import find_calls
+
+    assert find_calls(HERMES, text, ["read_file"], bare=["read_file"]) is None
+
+
+def test_an_answer_that_may_be_a_bare_call_is_held_until_done():
+    from paged_context.calls import visible_end
+
+    assert visible_end('```json\n{"name"', ["<tool_call>"], bare=True) == 0
+    assert visible_end("  {", ["<tool_call>"], bare=True) == 0
+    assert visible_end("Paris is", ["<tool_call>"], bare=True) == len("Paris is")
+    assert visible_end('{"a": 1}', ["<tool_call>"]) == len('{"a": 1}')  # no bare calls: streamed as it comes
