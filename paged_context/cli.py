@@ -51,6 +51,11 @@ BENCHMARKS = {
         "the page store on SQLite and on PostgreSQL (a throwaway server, or --db postgresql://...): per-turn write latency "
         "(one committed append a turn, p50/p95) and sessions/s under 32 concurrent writer threads",
     ),
+    "load": (
+        "paged_context.bench.load",
+        "many client sessions at once against the paging server through the openai client (streaming or not, whole "
+        "history or new turns only): TTFT and latency p50/p95, errors, and the server's memory over time",
+    ),
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "
