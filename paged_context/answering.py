@@ -15,6 +15,7 @@ answer and builds the report. An engine is a thin driver around it (`drive` belo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -267,9 +268,12 @@ class Engine(Protocol):
 
 
 async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None) -> Reply:
-    """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows."""
+    """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows.
+    The steps between generations (rendering; serving recalls and storing the answer,
+    which write the store) run in worker threads, off the event loop serving the engine;
+    the caller keeps other requests out of the session meanwhile."""
     stream = TextStream(on_text)
-    while (round_ := answering.next_round()) is not None:
+    while (round_ := await asyncio.to_thread(answering.next_round)) is not None:
         generated = await engine.generate(round_, answering.session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
-        stream.flush(answering.take(generated))
-    return answering.reply()
+        stream.flush(await asyncio.to_thread(answering.take, generated))
+    return await asyncio.to_thread(answering.reply)

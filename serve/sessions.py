@@ -10,15 +10,16 @@ and skipped. Sessions belong to the API key that created them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from paged_context.calls import CallSyntax
 from paged_context.messages import BadRequest, ChatTurn, Exchange
 from paged_context.pages import Turn
 from paged_context.session import PagedSession, PagingConfig, Request
-from paged_context.store import SQLiteStore
+from paged_context.store import PageStore
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -50,6 +51,18 @@ def _said(turn: Turn | ChatTurn) -> tuple:
     return turn.role, turn.text.strip(), tuple((c.id, c.name, c.arguments.strip()) for c in turn.tool_calls), turn.tool_call_id
 
 
+def answered(session: PagedSession, exchange: Exchange) -> Turn | None:
+    """The stored answer to a request that resends the history up to the question that
+    answer answers (a client that never heard it: its replica died after storing it, or
+    the connection broke), else None. Such a request is answered with what is stored, so
+    a retry stores nothing twice. A client sending new turns only cannot be told from one
+    repeating itself, so only a whole resent history counts."""
+    held = session.turns
+    if exchange.recall_calls or len(held) < 2 or held[-1].role != "assistant" or len(exchange.turns) != len(held) - 1:
+        return None
+    return held[-1] if all(_said(a) == _said(b) for a, b in zip(exchange.turns, held)) else None
+
+
 def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn]:
     """The turns of a request the session does not have yet. A full history starts with
     what the session holds; anything else is taken as new turns only."""
@@ -66,18 +79,55 @@ def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn
 
 class SessionRegistry:
     """Open sessions over one durable store, one lock per session so concurrent requests
-    to a session take turns (different sessions run in parallel)."""
+    to a session take turns (different sessions run in parallel). Replicas sharing the
+    store take turns too: a request that may change a session runs in `writing`."""
 
-    def __init__(self, store: SQLiteStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None):
+    def __init__(
+        self, store: PageStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None, wait: float = 5.0,
+    ):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it.
-        `forget(session_id)`: the engine drops a deleted session's state (its KV cache)."""
+        `forget(session_id)`: the engine drops a deleted session's state (its KV cache).
+        `wait`: how long a request waits for a session another replica is answering."""
         self.store, self.config, self.count_tokens, self.complete, self.forget = store, config, count_tokens, complete, forget
+        self.wait = wait
         self.open: dict[str, PagedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.pending: dict[str, Request] = {}  # requests whose recall call went to the client
+        self.versions: dict[str, int] = {}  # each open session's store version after this replica's last write
 
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def writing(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> AsyncIterator[PagedSession]:
+        """The session (as `get` gives it) for a request that may change it, which this
+        replica's requests take in turn (the asyncio lock) and so do the replicas sharing
+        the store (its hold, taken in a worker thread within `wait` seconds, else
+        SessionBusy). A session another replica wrote since this one's last write is read
+        again from the store. Store calls run in worker threads, off the event loop."""
+        async with self.lock(session_id):
+            hold = self.store.hold(session_id, self.wait)
+            await _enter(hold)
+            try:
+                yield await asyncio.to_thread(self._current, session_id, owner, create, options)
+            finally:
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self._leave, session_id, hold))
+
+    def _current(self, session_id: str, owner: str | None, create: bool, options: dict | None) -> PagedSession:
+        if session_id in self.open and self.store.version(session_id) != self.versions.get(session_id):
+            # another replica answered in this session: what this one holds is stale
+            del self.open[session_id]
+            self.pending.pop(session_id, None)
+        return self.get(session_id, owner, create, options)
+
+    def _leave(self, session_id: str, hold) -> None:
+        try:
+            if session_id in self.open:
+                self.versions[session_id] = self.store.version(session_id)
+            else:
+                self.versions.pop(session_id, None)
+        finally:
+            hold.__exit__(None, None, None)
 
     def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
         """The session, opened or created. `options`: paging options for a new session
@@ -119,13 +169,34 @@ class SessionRegistry:
     def list(self, owner: str | None) -> list[str]:
         return [info.id for info in self.store.sessions(owner)]
 
-    def delete(self, session_id: str, owner: str | None) -> None:
+    def drop(self, session_id: str, owner: str | None) -> None:
+        """Delete the session from the store (the engine's state stays: `delete`)."""
         self.get(session_id, owner, create=False)
         self.open.pop(session_id, None)
         self.pending.pop(session_id, None)
         self.store.delete_session(session_id)
+
+    def delete(self, session_id: str, owner: str | None) -> None:
+        """Delete the session and the engine's state for it (on the engine's event loop)."""
+        self.drop(session_id, owner)
         if self.forget is not None:
             self.forget(session_id)
+
+
+async def _enter(hold) -> None:
+    """Take a store's hold in a worker thread. Cancelled while waiting, the thread may
+    still take it: then it is given back as soon as it is taken."""
+    loop = asyncio.get_running_loop()
+    entered = loop.run_in_executor(None, hold.__enter__)
+    try:
+        await asyncio.shield(entered)
+    except asyncio.CancelledError:
+        def give_back(future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                loop.run_in_executor(None, hold.__exit__, None, None, None)
+
+        entered.add_done_callback(give_back)
+        raise
 
 
 class LoopBridge:
