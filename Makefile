@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[hf,dev]"
+	$(PIP) install --quiet -e ".[hf,dev,postgres]"
 	$(PIP) install --quiet "$(VLLM_SPEC)"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@

@@ -16,7 +16,7 @@ from .policy_registry import make_policy
 from .recall import RECALL_INSTRUCTION, RecallError, parse_recall_arguments, recall_tool, render_recall
 from .session import PagedSession, PagingConfig
 from .sim.conversations import Conversation, Probe, load_locomo
-from .store import PageStore, SessionBusy, SQLiteStore
+from .store import PageStore, SessionBusy, SQLiteStore, open_store
 
 __all__ = [
     "Bookmark",
@@ -37,6 +37,7 @@ __all__ = [
     "bookmarks",
     "load_locomo",
     "make_policy",
+    "open_store",
     "parse_recall_arguments",
     "recall_tool",
     "render_recall",

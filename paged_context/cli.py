@@ -46,6 +46,11 @@ BENCHMARKS = {
         "one session driven with no model to 1k, 10k and 50k turns of synthetic chat: core time per turn (ingest, "
         "plan, render; median and p95) and process memory at each, which should stay flat as the history grows",
     ),
+    "store": (
+        "paged_context.bench.store",
+        "the page store on SQLite and on PostgreSQL (a throwaway server, or --db postgresql://...): per-turn write latency "
+        "(one committed append a turn, p50/p95) and sessions/s under 32 concurrent writer threads",
+    ),
     "kv": (
         "paged_context.bench.kv",
         "KV restore from the host pool vs recompute for 512/2048/8192-token pages on the present device "

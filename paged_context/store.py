@@ -1,25 +1,32 @@
 """Durable page storage: sessions, turns, pages, bookmarks and reference history.
 
-`PageStore` is the interface; `SQLiteStore` the default backend. A write returns only
-after SQLite has committed it to disk (WAL journal, synchronous=FULL), so a turn whose
-append returned survives a crash or SIGKILL of the process right after. Pages are stored
-as turn ranges, never as copies: the turns are the single verbatim record.
+`PageStore` is the interface; `SQLiteStore` the default backend, `PostgresStore`
+(paged_context.postgres_store) the one replicas share; `open_store` picks one from a path
+or a postgresql:// URL. A write returns only after it is committed to disk (SQLite: WAL
+journal, synchronous=FULL), so a turn whose append returned survives a crash or SIGKILL of
+the process right after. Pages are stored as turn ranges, never as copies: the turns are
+the single verbatim record.
+
+Each backend has an ordered list of schema migrations; the database records how many it
+has had (SQLite: `PRAGMA user_version`; PostgreSQL: a one-row table), and opening a store
+applies the rest in one transaction, so a store written by an earlier release opens with
+its data intact.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-import fcntl
-import hashlib
-import os
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .bookmarks import Bookmark
 from .calls import ToolCall
@@ -119,27 +126,33 @@ class PageStore(ABC):
         self.close()
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT, version INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS turns (
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
-    session_no INTEGER, dia_id TEXT, tool_calls TEXT NOT NULL, tool_call_id TEXT,
-    PRIMARY KEY (session_id, idx));
-CREATE TABLE IF NOT EXISTS pages (
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    page_id INTEGER NOT NULL, first_turn INTEGER NOT NULL, last_turn INTEGER NOT NULL,
-    tokens INTEGER NOT NULL, PRIMARY KEY (session_id, page_id));
-CREATE TABLE IF NOT EXISTS bookmarks (
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    page_id INTEGER NOT NULL, keywords TEXT NOT NULL, strategy TEXT NOT NULL,
-    PRIMARY KEY (session_id, page_id));
-CREATE TABLE IF NOT EXISTS refs (
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    step INTEGER NOT NULL, page_id INTEGER NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS refs_by_session ON refs (session_id, step);
-"""
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(where: str | Path, count_tokens: TokenCounter = approx_tokens, **options: Any) -> PageStore:
+    """A postgresql:// (or postgres://) URL: a `PostgresStore` (`options`: its pool_size);
+    anything else: the path of a SQLite file (or ':memory:')."""
+    if isinstance(where, str) and where.startswith(POSTGRES_SCHEMES):
+        try:
+            from .postgres_store import PostgresStore
+        except ImportError as e:
+            raise ImportError(
+                f"a postgresql:// page store needs psycopg and psycopg-pool ({e}): pip install 'paged-context[postgres]'"
+            ) from e
+        return PostgresStore(where, count_tokens, **options)
+    if options:
+        raise TypeError(f"a SQLite page store takes no options, got {sorted(options)}")
+    return SQLiteStore(where, count_tokens)
+
+
+Migration = TypeVar("Migration")
+
+
+def pending_migrations(applied: int, migrations: Sequence[Migration], where: str) -> Sequence[Migration]:
+    """The migrations a database that has had the first `applied` still needs."""
+    if applied > len(migrations):
+        raise StoreError(f"{where} has schema version {applied}, newer than this release's {len(migrations)}: open it with a newer paged-context")
+    return migrations[applied:]
 
 
 def _calls(stored: str) -> tuple[ToolCall, ...]:
@@ -147,7 +160,193 @@ def _calls(stored: str) -> tuple[ToolCall, ...]:
     return tuple(ToolCall("", "", c) if isinstance(c, str) else ToolCall(**c) for c in json.loads(stored))
 
 
-class SQLiteStore(PageStore):
+class SQLStore(PageStore):
+    """Every method over a DB-API connection, in SQL both SQLite and PostgreSQL run (`?`
+    placeholders, which a backend may rewrite in `_sql`). A backend gives a committed write
+    transaction (`_transaction`), reads (`_read`), the session lock and the schema."""
+
+    _refs_order = "rowid"  # the column that orders a step's references as they were recorded
+
+    count_tokens: TokenCounter
+
+    @abstractmethod
+    def _transaction(self, session_id: str | None = None) -> AbstractContextManager[Any]:
+        """One write transaction on a connection, committed before the block's caller goes on."""
+
+    @abstractmethod
+    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]: ...
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    def _text(self, text: str) -> Any:
+        """A turn's text as the database stores it."""
+        return text
+
+    def _untext(self, stored: Any) -> str:
+        return stored
+
+    def _execute(self, db, sql: str, params: Sequence = ()):
+        return db.execute(self._sql(sql), params)
+
+    def _executemany(self, db, sql: str, rows: Sequence[Sequence]) -> None:
+        if rows:
+            db.cursor().executemany(self._sql(sql), rows)
+
+    def _require(self, db, session_id: str) -> None:
+        """The session exists; the transaction writes to it, so its version moves on (and,
+        on PostgreSQL, the session's row stays locked against other writers until commit)."""
+        if self._execute(db, "UPDATE sessions SET version = version + 1 WHERE id = ?", (session_id,)).rowcount == 0:
+            raise StoreError(f"no session {session_id!r}")
+
+    def create_session(self, session_id, owner=None, config=None):
+        with self._transaction(session_id) as db:
+            self._execute(
+                db, "INSERT INTO sessions (id, owner, created, config) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (session_id, owner, time.time(), config),
+            )
+
+    def session(self, session_id):
+        found = self.sessions(session_id=session_id)
+        return found[0] if found else None
+
+    def sessions(self, owner=None, session_id=None):
+        sql = (
+            "SELECT s.id, s.owner, s.created, (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id), s.config FROM sessions s "
+            "WHERE (CAST(? AS TEXT) IS NULL OR s.owner = ?) AND (CAST(? AS TEXT) IS NULL OR s.id = ?) ORDER BY s.created, s.id"
+        )
+        return [SessionInfo(*row) for row in self._read(sql, (owner, owner, session_id, session_id))]
+
+    def delete_session(self, session_id):
+        with self._transaction(session_id) as db:
+            return self._execute(db, "DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+    def append_turns(self, session_id, turns):
+        with self._transaction(session_id) as db:
+            self._require(db, session_id)
+            (count,) = self._execute(db, "SELECT COUNT(*) FROM turns WHERE session_id = ?", (session_id,)).fetchone()
+            for offset, t in enumerate(turns):
+                if t.index != count + offset:
+                    raise StoreError(f"session {session_id!r}: turn index {t.index} does not continue the {count + offset} stored turns")
+            self._executemany(
+                db,
+                "INSERT INTO turns (session_id, idx, role, text, speaker, session_no, dia_id, tool_calls, tool_call_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (session_id, t.index, t.role, self._text(t.text), t.speaker, t.session, t.dia_id, json.dumps([asdict(c) for c in t.tool_calls]), t.tool_call_id)
+                    for t in turns
+                ],
+            )
+
+    def turns(self, session_id, start=0, stop=None):
+        rows = self._read(
+            "SELECT idx, role, text, speaker, session_no, dia_id, tool_calls, tool_call_id FROM turns "
+            "WHERE session_id = ? AND idx >= ? AND (CAST(? AS INTEGER) IS NULL OR idx < ?) ORDER BY idx",
+            (session_id, start, stop, stop),
+        )
+        return [Turn(i, role, self._untext(text), speaker, sess, dia, _calls(calls), call) for i, role, text, speaker, sess, dia, calls, call in rows]
+
+    def save_pages(self, session_id, pages):
+        with self._transaction(session_id) as db:
+            self._require(db, session_id)
+            self._executemany(
+                db,
+                "INSERT INTO pages (session_id, page_id, first_turn, last_turn, tokens) VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, page_id) "
+                "DO UPDATE SET first_turn = excluded.first_turn, last_turn = excluded.last_turn, tokens = excluded.tokens",
+                [(session_id, p.id, p.first_turn, p.last_turn, p.tokens) for p in pages],
+            )
+
+    def pages(self, session_id):
+        bounds = self._read("SELECT page_id, first_turn, last_turn, tokens FROM pages WHERE session_id = ? ORDER BY page_id", (session_id,))
+        if not bounds:
+            return []
+        turns = self.turns(session_id, bounds[0][1], max(b[2] for b in bounds) + 1)
+        first = turns[0].index
+        return [Page(pid, tuple(turns[a - first : b - first + 1]), tokens) for pid, a, b, tokens in bounds]
+
+    def save_bookmarks(self, session_id, bookmarks, strategy):
+        with self._transaction(session_id) as db:
+            self._require(db, session_id)
+            self._executemany(
+                db,
+                "INSERT INTO bookmarks (session_id, page_id, keywords, strategy) VALUES (?, ?, ?, ?) ON CONFLICT (session_id, page_id) "
+                "DO UPDATE SET keywords = excluded.keywords, strategy = excluded.strategy",
+                [(session_id, b.page_id, json.dumps(b.keywords), strategy) for b in bookmarks],
+            )
+
+    def bookmarks(self, session_id):
+        rows = self._read("SELECT page_id, keywords FROM bookmarks WHERE session_id = ? ORDER BY page_id", (session_id,))
+        return [Bookmark(pid, tuple(json.loads(kw))) for pid, kw in rows]
+
+    def record_references(self, session_id, step, page_ids, kind):
+        now = time.time()
+        with self._transaction(session_id) as db:
+            self._require(db, session_id)
+            self._executemany(
+                db, "INSERT INTO refs (session_id, step, page_id, kind, at) VALUES (?, ?, ?, ?, ?)", [(session_id, step, pid, kind, now) for pid in page_ids]
+            )
+
+    def references(self, session_id):
+        rows = self._read(f"SELECT step, page_id, kind, at FROM refs WHERE session_id = ? ORDER BY step, {self._refs_order}", (session_id,))
+        return [Reference(*row) for row in rows]
+
+    def version(self, session_id):
+        row = self._read("SELECT version FROM sessions WHERE id = ?", (session_id,))
+        return row[0][0] if row else 0
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _sqlite_tables(db: sqlite3.Connection) -> None:
+    """1: the tables as the first release wrote them."""
+    for statement in (
+        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS turns (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+        "idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT, session_no INTEGER, dia_id TEXT, "
+        "tool_call_ids TEXT NOT NULL, tool_call_id TEXT, PRIMARY KEY (session_id, idx))",
+        "CREATE TABLE IF NOT EXISTS pages (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+        "page_id INTEGER NOT NULL, first_turn INTEGER NOT NULL, last_turn INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (session_id, page_id))",
+        "CREATE TABLE IF NOT EXISTS bookmarks (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+        "page_id INTEGER NOT NULL, keywords TEXT NOT NULL, strategy TEXT NOT NULL, PRIMARY KEY (session_id, page_id))",
+        "CREATE TABLE IF NOT EXISTS refs (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+        "step INTEGER NOT NULL, page_id INTEGER NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS refs_by_session ON refs (session_id, step)",
+    ):
+        db.execute(statement)
+
+
+# Stores from before migrations were counted (user_version 0) got the later columns from
+# ad-hoc ALTERs at open, so migrations 2 to 4 look before they change a table.
+
+
+def _sqlite_session_config(db: sqlite3.Connection) -> None:
+    """2: a session keeps its own paging options."""
+    if "config" not in _columns(db, "sessions"):
+        db.execute("ALTER TABLE sessions ADD COLUMN config TEXT")
+
+
+def _sqlite_whole_tool_calls(db: sqlite3.Connection) -> None:
+    """3: turns keep whole tool calls, not only their ids (the JSON of old rows is read as ids)."""
+    if "tool_call_ids" in _columns(db, "turns"):
+        db.execute("ALTER TABLE turns RENAME COLUMN tool_call_ids TO tool_calls")
+
+
+def _sqlite_session_version(db: sqlite3.Connection) -> None:
+    """4: a session counts its write transactions (replicas sharing a store)."""
+    if "version" not in _columns(db, "sessions"):
+        db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
+SQLITE_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _sqlite_tables,
+    _sqlite_session_config,
+    _sqlite_whole_tool_calls,
+    _sqlite_session_version,
+)
+
+
+class SQLiteStore(SQLStore):
     """One SQLite file; safe to share between threads of one process."""
 
     def __init__(self, path: str | Path, count_tokens: TokenCounter = approx_tokens):
@@ -162,19 +361,20 @@ class SQLiteStore(PageStore):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-            if "config" not in columns:  # a store written before sessions had their own options
-                self._db.execute("ALTER TABLE sessions ADD COLUMN config TEXT")
-            if "version" not in columns:  # a store written before replicas shared one
-                self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
-            if "tool_call_ids" in columns:  # a store written before turns kept whole calls (ids only)
-                self._db.execute("ALTER TABLE turns RENAME COLUMN tool_call_ids TO tool_calls")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        (applied,) = self._db.execute("PRAGMA user_version").fetchone()
+        if applied == len(SQLITE_MIGRATIONS):
+            return
+        with self._transaction() as db:
+            (applied,) = db.execute("PRAGMA user_version").fetchone()  # another opener may have migrated meanwhile
+            for migration in pending_migrations(applied, SQLITE_MIGRATIONS, str(self.path)):
+                migration(db)
+            db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS)}")
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, session_id=None) -> Iterator[sqlite3.Connection]:
         """One write transaction, committed (and fsynced) before the block's caller goes on."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -185,98 +385,9 @@ class SQLiteStore(PageStore):
                 raise
             self._db.execute("COMMIT")
 
-    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def _read(self, sql, params=()):
         with self._lock:
             return self._db.execute(sql, params).fetchall()
-
-    @staticmethod
-    def _require(db: sqlite3.Connection, session_id: str) -> None:
-        """The session exists; the transaction writes to it, so its version moves on."""
-        if db.execute("UPDATE sessions SET version = version + 1 WHERE id = ?", (session_id,)).rowcount == 0:
-            raise StoreError(f"no session {session_id!r}")
-
-    def create_session(self, session_id, owner=None, config=None):
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO sessions (id, owner, created, config) VALUES (?, ?, ?, ?)", (session_id, owner, time.time(), config)
-            )
-
-    def session(self, session_id):
-        found = self.sessions(session_id=session_id)
-        return found[0] if found else None
-
-    def sessions(self, owner=None, session_id=None):
-        sql = (
-            "SELECT s.id, s.owner, s.created, (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id), s.config "
-            "FROM sessions s WHERE (? IS NULL OR s.owner = ?) AND (? IS NULL OR s.id = ?) ORDER BY s.created, s.id"
-        )
-        return [SessionInfo(*row) for row in self._read(sql, (owner, owner, session_id, session_id))]
-
-    def delete_session(self, session_id):
-        with self._transaction() as db:
-            return db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
-
-    def append_turns(self, session_id, turns):
-        with self._transaction() as db:
-            self._require(db, session_id)
-            (count,) = db.execute("SELECT COUNT(*) FROM turns WHERE session_id = ?", (session_id,)).fetchone()
-            for offset, t in enumerate(turns):
-                if t.index != count + offset:
-                    raise StoreError(f"session {session_id!r}: turn index {t.index} does not continue the {count + offset} stored turns")
-            db.executemany(
-                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(session_id, t.index, t.role, t.text, t.speaker, t.session, t.dia_id, json.dumps([asdict(c) for c in t.tool_calls]), t.tool_call_id) for t in turns],
-            )
-
-    def turns(self, session_id, start=0, stop=None):
-        rows = self._read(
-            "SELECT idx, role, text, speaker, session_no, dia_id, tool_calls, tool_call_id FROM turns "
-            "WHERE session_id = ? AND idx >= ? AND (? IS NULL OR idx < ?) ORDER BY idx",
-            (session_id, start, stop, stop),
-        )
-        return [Turn(i, role, text, speaker, sess, dia, _calls(calls), call) for i, role, text, speaker, sess, dia, calls, call in rows]
-
-    def save_pages(self, session_id, pages):
-        with self._transaction() as db:
-            self._require(db, session_id)
-            db.executemany(
-                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?)",
-                [(session_id, p.id, p.first_turn, p.last_turn, p.tokens) for p in pages],
-            )
-
-    def pages(self, session_id):
-        bounds = self._read("SELECT page_id, first_turn, last_turn, tokens FROM pages WHERE session_id = ? ORDER BY page_id", (session_id,))
-        if not bounds:
-            return []
-        turns = self.turns(session_id, bounds[0][1], max(b[2] for b in bounds) + 1)
-        first = turns[0].index
-        return [Page(pid, tuple(turns[a - first : b - first + 1]), tokens) for pid, a, b, tokens in bounds]
-
-    def save_bookmarks(self, session_id, bookmarks, strategy):
-        with self._transaction() as db:
-            self._require(db, session_id)
-            db.executemany(
-                "INSERT OR REPLACE INTO bookmarks VALUES (?, ?, ?, ?)",
-                [(session_id, b.page_id, json.dumps(b.keywords), strategy) for b in bookmarks],
-            )
-
-    def bookmarks(self, session_id):
-        rows = self._read("SELECT page_id, keywords FROM bookmarks WHERE session_id = ? ORDER BY page_id", (session_id,))
-        return [Bookmark(pid, tuple(json.loads(kw))) for pid, kw in rows]
-
-    def record_references(self, session_id, step, page_ids, kind):
-        now = time.time()
-        with self._transaction() as db:
-            self._require(db, session_id)
-            db.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?)", [(session_id, step, pid, kind, now) for pid in page_ids])
-
-    def references(self, session_id):
-        rows = self._read("SELECT step, page_id, kind, at FROM refs WHERE session_id = ? ORDER BY step, rowid", (session_id,))
-        return [Reference(*row) for row in rows]
-
-    def version(self, session_id):
-        row = self._read("SELECT version FROM sessions WHERE id = ?", (session_id,))
-        return row[0][0] if row else 0
 
     @contextmanager
     def hold(self, session_id, wait):

@@ -36,7 +36,7 @@ def build_parser():
     p.set_defaults(model=None, host="127.0.0.1", port=8000, **VLLM_DEFAULTS)
     g = p.add_argument_group("paged-context")
     g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
-    g.add_argument("--db", type=Path, help="SQLite page store (None: $PAGED_CONTEXT_HOME/sessions.db)")
+    g.add_argument("--db", help="page store: a SQLite file's path, or a postgresql:// URL that replicas share (default: $PAGED_CONTEXT_HOME/sessions.db)")
     g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens (a longer message is paged in parts of this size)")
     g.add_argument(
         "--resident", type=int, nargs=2, default=(4, 16), metavar=("LOW", "HIGH"),
@@ -89,7 +89,7 @@ def configure(args) -> argparse.Namespace:
 
 def paging_state(args, engine, tokenizer_count):
     from paged_context.session import PagingConfig
-    from paged_context.store import SQLiteStore
+    from paged_context.store import open_store
 
     from .routes import PagingState
     from .sessions import SessionRegistry
@@ -100,8 +100,7 @@ def paging_state(args, engine, tokenizer_count):
     )
     from .sessions import LoopBridge
 
-    args.db.parent.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(args.db, tokenizer_count)
+    store = open_store(args.db, tokenizer_count)
     sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine), engine.forget, wait=args.session_wait)
     return PagingState(
         engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes,

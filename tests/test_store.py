@@ -4,74 +4,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 
-from paged_context.bookmarks import Bookmark
 from paged_context.calls import ToolCall
-from paged_context.pages import Turn, segment
-from paged_context.store import SQLiteStore, StoreError
-
-
-def turns(n, start=0):
-    return [Turn(i, "user" if i % 2 == 0 else "assistant", f"turn {i} text", speaker="Ann" if i % 2 == 0 else None) for i in range(start, start + n)]
-
-
-def test_round_trip(tmp_path):
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        store.create_session("s1", owner="key-a")
-        calls = [Turn(0, "user", "weather?"), Turn(1, "assistant", "", tool_calls=(ToolCall("get_weather", "{}", "c1"),)), Turn(2, "tool", "sunny", tool_call_id="c1")]
-        store.append_turns("s1", calls)
-        store.append_turns("s1", turns(3, start=3))
-        assert store.turns("s1") == calls + turns(3, start=3)
-        assert store.turns("s1", 2, 4) == store.turns("s1")[2:4]
-        pages = segment(store.turns("s1"), "fixed_2")
-        store.save_pages("s1", pages)
-        assert store.pages("s1") == pages
-        assert [p.tokens for p in store.pages("s1")] == [p.tokens for p in pages]
-        marks = [Bookmark(p.id, ("kw", f"p{p.id}")) for p in pages]
-        store.save_bookmarks("s1", marks, "distinctive")
-        assert store.bookmarks("s1") == marks
-        store.record_references("s1", 5, [1, 3], "recall")
-        assert [(r.step, r.page_id, r.kind) for r in store.references("s1")] == [(5, 1, "recall"), (5, 3, "recall")]
-        info = store.session("s1")
-        assert (info.owner, info.turns) == ("key-a", 6)
-        assert [s.id for s in store.sessions(owner="key-a")] == ["s1"] and store.sessions(owner="other") == []
-    with SQLiteStore(tmp_path / "pages.db") as again:  # everything was on disk
-        assert again.pages("s1") == pages
-        assert again.delete_session("s1") is True and again.delete_session("s1") is False
-        assert again.turns("s1") == [] and again.pages("s1") == [] and again.references("s1") == []
-
-
-def test_turns_must_continue_the_session(tmp_path):
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        store.create_session("s")
-        store.append_turns("s", turns(2))
-        with pytest.raises(StoreError, match="does not continue"):
-            store.append_turns("s", turns(2, start=1))
-        with pytest.raises(StoreError, match="does not continue"):
-            store.append_turns("s", [*turns(1, start=2), *turns(1, start=4)])
-        assert len(store.turns("s")) == 2  # a rejected batch lands not even in part
-        with pytest.raises(StoreError, match="no session"):
-            store.append_turns("missing", turns(1))
-
-
-def test_threads_share_one_store(tmp_path):
-    store = SQLiteStore(tmp_path / "pages.db")
-
-    def writer(name):
-        store.create_session(name)
-        for i in range(50):
-            store.append_turns(name, turns(1, start=i))
-
-    threads = [threading.Thread(target=writer, args=(f"s{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [s.turns for s in store.sessions()] == [50] * 4
-    store.close()
+from paged_context.pages import Turn
+from paged_context.store import SQLITE_MIGRATIONS, SessionBusy, SQLiteStore, StoreError, open_store
 
 
 WRITER = textwrap.dedent(
@@ -113,59 +51,99 @@ def test_sigkill_mid_write_loses_no_committed_turn(tmp_path, batch):
     assert all(t.text == "x" * 300 + str(t.index) for t in stored)
 
 
-def test_a_store_from_before_whole_tool_calls_opens_and_keeps_its_turns(tmp_path):
-    """Stores written by the previous release kept only the ids of an assistant turn's
-    calls, in a column `tool_call_ids`; they open, and new turns keep whole calls."""
+# The schemas that releases before counted migrations wrote, oldest first: the first
+# release's; sessions with their own options; turns with whole tool calls (today's
+# release); sessions with a version. Each opens, user_version 0, with its data intact.
+SESSIONS = "CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL{});"
+TURNS = (
+    "CREATE TABLE turns (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, idx INTEGER NOT NULL, role TEXT NOT NULL, "
+    "text TEXT NOT NULL, speaker TEXT, session_no INTEGER, dia_id TEXT, {} TEXT NOT NULL, tool_call_id TEXT, PRIMARY KEY (session_id, idx));"
+)
+REST = """
+CREATE TABLE pages (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, page_id INTEGER NOT NULL, first_turn INTEGER NOT NULL,
+    last_turn INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (session_id, page_id));
+CREATE TABLE bookmarks (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, page_id INTEGER NOT NULL, keywords TEXT NOT NULL,
+    strategy TEXT NOT NULL, PRIMARY KEY (session_id, page_id));
+CREATE TABLE refs (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, step INTEGER NOT NULL, page_id INTEGER NOT NULL,
+    kind TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX refs_by_session ON refs (session_id, step);
+INSERT INTO pages VALUES ('s', 0, 0, 2, 9);
+INSERT INTO bookmarks VALUES ('s', 0, '["weather"]', 'distinctive');
+INSERT INTO refs VALUES ('s', 3, 0, 'recall', 1.5);
+"""
+OLD_SCHEMAS = {
+    "first release": (SESSIONS.format(""), TURNS.format("tool_call_ids"), "INSERT INTO sessions VALUES ('s', 'key', 0);", '["c1"]'),
+    "session options": (SESSIONS.format(", config TEXT"), TURNS.format("tool_call_ids"), "INSERT INTO sessions VALUES ('s', 'key', 0, '{}');", '["c1"]'),
+    "whole tool calls": (
+        SESSIONS.format(", config TEXT"), TURNS.format("tool_calls"), "INSERT INTO sessions VALUES ('s', 'key', 0, '{}');",
+        '[{"name": "get_weather", "arguments": "{}", "id": "c1"}]',
+    ),
+    "session versions": (
+        SESSIONS.format(", config TEXT, version INTEGER NOT NULL DEFAULT 0"), TURNS.format("tool_calls"),
+        "INSERT INTO sessions VALUES ('s', 'key', 0, '{}', 7);", '[{"name": "get_weather", "arguments": "{}", "id": "c1"}]',
+    ),
+}
+
+
+@pytest.mark.parametrize("release", OLD_SCHEMAS)
+def test_a_store_from_an_earlier_release_opens_with_its_data(tmp_path, release):
+    sessions, turns_table, session_row, calls = OLD_SCHEMAS[release]
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as old:
         old.executescript(
-            """
-            CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT, created REAL NOT NULL, config TEXT);
-            CREATE TABLE turns (session_id TEXT NOT NULL, idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, speaker TEXT,
-                session_no INTEGER, dia_id TEXT, tool_call_ids TEXT NOT NULL, tool_call_id TEXT, PRIMARY KEY (session_id, idx));
-            INSERT INTO sessions VALUES ('s', NULL, 0, NULL);
-            INSERT INTO turns VALUES ('s', 0, 'user', 'weather?', NULL, NULL, NULL, '[]', NULL);
-            INSERT INTO turns VALUES ('s', 1, 'assistant', '', NULL, NULL, NULL, '["c1"]', NULL);
-            INSERT INTO turns VALUES ('s', 2, 'tool', 'sunny', NULL, NULL, NULL, '[]', 'c1');
-            """
+            sessions + turns_table + session_row + REST
+            + f"""INSERT INTO turns VALUES ('s', 0, 'user', 'weather?', 'Ann', 1, 'D1:1', '[]', NULL);
+            INSERT INTO turns VALUES ('s', 1, 'assistant', '', NULL, NULL, NULL, '{calls}', NULL);
+            INSERT INTO turns VALUES ('s', 2, 'tool', 'sunny', NULL, NULL, NULL, '[]', 'c1');"""
         )
     with SQLiteStore(db) as store:
         before = store.turns("s")
-        assert [t.text for t in before] == ["weather?", "", "sunny"] and before[1].tool_call_ids == ("c1",) and before[2].tool_call_id == "c1"
+        assert [t.text for t in before] == ["weather?", "", "sunny"] and (before[0].speaker, before[0].session, before[0].dia_id) == ("Ann", 1, "D1:1")
+        assert before[1].tool_call_ids == ("c1",) and before[2].tool_call_id == "c1"
+        assert [p.id for p in store.pages("s")] == [0] and store.bookmarks("s")[0].keywords == ("weather",)
+        assert [(r.step, r.page_id) for r in store.references("s")] == [(3, 0)] and store.session("s").owner == "key"
+        version = store.version("s")
         call = ToolCall("get_weather", '{"city": "Lisbon"}', "c2")
         store.append_turns("s", [Turn(3, "assistant", "", tool_calls=(call,))])
-        assert store.turns("s")[3].tool_calls == (call,)
+        assert store.turns("s")[3].tool_calls == (call,) and store.version("s") == version + 1
+        store.create_session("new", config='{"policy": "lru"}')
+        assert store.session("new").config == '{"policy": "lru"}'
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (len(SQLITE_MIGRATIONS),)
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     with SQLiteStore(db) as store:  # opening again changes nothing
         assert len(store.turns("s")) == 4
 
 
-def test_a_session_version_counts_its_writes(tmp_path):
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        assert store.version("s") == 0
-        store.create_session("s")
-        store.append_turns("s", [Turn(0, "user", "hello")])
-        store.record_references("s", 0, [1], "recall")
-        assert store.version("s") == 2
-        with SQLiteStore(tmp_path / "pages.db") as other:  # another server on the same file sees it
-            other.append_turns("s", [Turn(1, "assistant", "hi")])
-        assert store.version("s") == 3
+def test_a_new_store_has_every_migration_and_a_newer_one_is_refused(tmp_path):
+    with SQLiteStore(tmp_path / "pages.db"):
+        pass
+    with sqlite3.connect(tmp_path / "pages.db") as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (len(SQLITE_MIGRATIONS),)
+        raw.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this release"):
+        SQLiteStore(tmp_path / "pages.db")
 
 
-@pytest.mark.parametrize("where", ["pages.db", ":memory:"])
-def test_one_writer_holds_a_session(tmp_path, where):
-    from paged_context.store import SessionBusy
-
-    path = tmp_path / where if where != ":memory:" else where
-    with SQLiteStore(path) as store:
+def test_a_memory_store_holds_sessions_within_the_process():
+    with SQLiteStore(":memory:") as store:
         with store.hold("s", wait=1):
             with pytest.raises(SessionBusy, match="busy after 0.05 s"):
                 with store.hold("s", wait=0.05):
                     pass
-            with store.hold("t", wait=0):  # other sessions are free
+            with store.hold("t", wait=0):
                 pass
-            if where != ":memory:":  # and another process (here: another open of the file) waits too
-                with SQLiteStore(path) as other, pytest.raises(SessionBusy):
-                    with other.hold("s", wait=0.05):
-                        pass
-        with store.hold("s", wait=0):  # released on leaving the block
+        with store.hold("s", wait=0):
             pass
+
+
+def test_open_store_takes_a_path_or_a_postgresql_url(tmp_path, monkeypatch):
+    with open_store(tmp_path / "a.db") as store, open_store(str(tmp_path / "b.db")) as other:
+        assert isinstance(store, SQLiteStore) and isinstance(other, SQLiteStore)
+    with pytest.raises(TypeError, match="no options"):
+        open_store(tmp_path / "c.db", pool_size=4)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "paged_context.postgres_store", raising=False)
+    for url in ("postgresql://u@db/pages", "postgres://u@db/pages"):
+        with pytest.raises(ImportError, match=r"paged-context\[postgres\]"):
+            open_store(url)

@@ -1,0 +1,85 @@
+"""PostgreSQL-only parts of the page store: migrating when replicas start together, and the
+pool. What every backend promises is in test_store_contract.py."""
+
+import threading
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from paged_context.pages import Turn  # noqa: E402
+from paged_context.postgres_store import MIGRATIONS, PostgresStore  # noqa: E402
+from paged_context.store import StoreError, open_store  # noqa: E402
+
+
+def schema_version(url):
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT version FROM paged_context_schema").fetchall()
+
+
+def test_replicas_starting_together_migrate_once(postgres_url):
+    opened, errors = [], []
+    start = threading.Barrier(6)
+
+    def replica():
+        start.wait()
+        try:
+            opened.append(PostgresStore(postgres_url, pool_size=2))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=replica) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(opened) == 6
+    assert schema_version(postgres_url) == [(len(MIGRATIONS),)]
+    opened[0].create_session("s")
+    opened[0].append_turns("s", [Turn(0, "user", "hi")])
+    assert [t.text for t in opened[5].turns("s")] == ["hi"]
+    for store in opened:
+        store.close()
+
+
+def test_a_newer_schema_is_refused(postgres_url):
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("UPDATE paged_context_schema SET version = version + 1")
+    with pytest.raises(StoreError, match="newer than this release"):
+        PostgresStore(postgres_url)
+
+
+def test_a_holder_writes_on_its_own_connection(postgres_url):
+    """With one connection in the pool, held by the session's lock, the holder's writes
+    still go through (on that connection) instead of waiting for the pool."""
+    with open_store(postgres_url, pool_size=1) as store:
+        store.create_session("s")
+        with store.hold("s", wait=1):
+            store.append_turns("s", [Turn(0, "user", "hi")])
+            store.record_references("s", 0, [0], "recall")
+        assert store.version("s") == 2 and len(store.turns("s")) == 1
+
+
+def test_an_unreachable_server_fails_at_open(tmp_path):
+    with pytest.raises(psycopg.OperationalError):
+        PostgresStore(f"postgresql://nobody@/pages?host={tmp_path}", timeout=2)
+
+
+def test_bench_store_measures_both_backends_and_leaves_no_session(postgres_url, tmp_path, capsys):
+    import json
+
+    from paged_context import cli
+
+    argv = ["bench", "store", "--db", postgres_url, "--dir", str(tmp_path), "--turns", "20", "--threads", "4", "--sessions", "8", "--session-turns", "3"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "store.json").read_text())
+    for name in ("sqlite", "postgresql"):
+        one, many = result["backends"][name]["one_writer"], result["backends"][name]["many_writers"]
+        assert one["turns"] == 20 and 0 < one["p50_ms"] <= one["p95_ms"] and many["sessions_per_s"] > 0
+    assert result["postgresql"]["fsync"] == "on" and "under_target" in result["acceptance"]
+    assert "anchor: issue 18" in capsys.readouterr().out and (tmp_path / "out" / "store.png").exists()
+    with open_store(postgres_url) as store:
+        assert store.sessions() == []
+    assert list(tmp_path.glob("bench-store-*")) == []  # its temporary folder is gone
+    assert cli.main(["bench", "store", "--db", "sqlite.db"]) == 2  # --db is for PostgreSQL
