@@ -267,13 +267,13 @@ class Engine(Protocol):
         """Run the round; `on_text` receives the text generated so far as it grows."""
 
 
-async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None) -> Reply:
+async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None, run=asyncio.to_thread) -> Reply:
     """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows.
     The steps between generations (rendering; serving recalls and storing the answer,
-    which write the store) run in worker threads, off the event loop serving the engine;
-    the caller keeps other requests out of the session meanwhile."""
+    which write the store) run in a worker thread through `run(fn, *args)`, off the event
+    loop serving the engine; the caller keeps other requests out of the session meanwhile."""
     stream = TextStream(on_text)
-    while (round_ := await asyncio.to_thread(answering.next_round)) is not None:
+    while (round_ := await run(answering.next_round)) is not None:
         generated = await engine.generate(round_, answering.session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
-        stream.flush(await asyncio.to_thread(answering.take, generated))
-    return await asyncio.to_thread(answering.reply)
+        stream.flush(await run(answering.take, generated))
+    return await run(answering.reply)

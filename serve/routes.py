@@ -220,9 +220,9 @@ async def _answer(job: Job, on_text=None, planned: asyncio.Future | None = None)
     """Answer the request in its session, held for the whole turn (plan, generate, store
     the answer). `planned` is set once the request's turns are stored."""
     state = job.state
-    async with state.sessions.writing(job.session_id, job.owner, options=job.paging) as session:
-        # stored before anything can fail; the store is called in a worker thread
-        request = await asyncio.to_thread(_plan, state.sessions, session, job.exchange, state.engine.template.syntax)
+    async with state.sessions.writing(job.session_id, job.owner, options=job.paging) as held:
+        session = held.session
+        request = await held.run(_plan, state.sessions, session, job.exchange, state.engine.template.syntax)  # stored before anything can fail
         if planned is not None:
             planned.set_result(None)
         if isinstance(request, Turn):  # answered already: the client did not hear it
@@ -231,7 +231,7 @@ async def _answer(job: Job, on_text=None, planned: asyncio.Future | None = None)
             return _stored(session, request)
         started = time.perf_counter()
         answering = Answering(session, request, state.engine.template, state.engine.window, job.sampling, job.tools, state.max_rounds, job.expose)
-        reply = await drive(state.engine, answering, on_text)
+        reply = await drive(state.engine, answering, on_text, held.run)
         if any(call.name == RECALL for call in reply.tool_calls):
             state.sessions.pending[session.id] = request  # answered when the client hands the call back
         TURN_SECONDS.observe(time.perf_counter() - started)
@@ -358,13 +358,13 @@ async def list_sessions(raw: Request):
 
 
 async def _on_session(raw: Request, session_id: str, action):
-    """Run `action(registry, session)` in a worker thread on a session held for it (opening
-    a session writes its pages), with the API key check."""
+    """Run `action(registry, session)` on a session held for it, in the request's worker
+    thread (opening a session writes its pages), with the API key check."""
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
-        async with state.sessions.writing(session_id, owner, create=False) as session:
-            return await asyncio.to_thread(action, state.sessions, session)
+        async with state.sessions.writing(session_id, owner, create=False) as held:
+            return await held.run(action, state.sessions, held.session)
     except PermissionError:
         return unauthorized()
     except (Forbidden, SessionBusy) as e:

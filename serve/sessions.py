@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
 from paged_context.calls import CallSyntax
@@ -99,35 +100,22 @@ class SessionRegistry:
         return self.locks.setdefault(session_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def writing(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> AsyncIterator[PagedSession]:
-        """The session (as `get` gives it) for a request that may change it, which this
-        replica's requests take in turn (the asyncio lock) and so do the replicas sharing
-        the store (its hold, taken in a worker thread within `wait` seconds, else
-        SessionBusy). A session another replica wrote since this one's last write is read
-        again from the store. Store calls run in worker threads, off the event loop."""
+    async def writing(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> AsyncIterator[Held]:
+        """The session (as `get` gives it) held for a request that may change it: this
+        replica's requests take turns (the asyncio lock), and so do the replicas sharing
+        the store (its hold, within `wait` seconds, else SessionBusy). A session another
+        replica wrote since this one's last write is read again from the store. The hold
+        and every store call of the request run in the request's own worker thread
+        (`Held.run`), off the event loop: a store whose hold is a connection writes on it."""
         async with self.lock(session_id):
-            hold = self.store.hold(session_id, self.wait)
-            await _enter(hold)
+            held = Held(self, session_id)
             try:
-                yield await asyncio.to_thread(self._current, session_id, owner, create, options)
+                held.session = await asyncio.shield(held.run(held.take, owner, create, options))
+                yield held
             finally:
-                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self._leave, session_id, hold))
-
-    def _current(self, session_id: str, owner: str | None, create: bool, options: dict | None) -> PagedSession:
-        if session_id in self.open and self.store.version(session_id) != self.versions.get(session_id):
-            # another replica answered in this session: what this one holds is stale
-            del self.open[session_id]
-            self.pending.pop(session_id, None)
-        return self.get(session_id, owner, create, options)
-
-    def _leave(self, session_id: str, hold) -> None:
-        try:
-            if session_id in self.open:
-                self.versions[session_id] = self.store.version(session_id)
-            else:
-                self.versions.pop(session_id, None)
-        finally:
-            hold.__exit__(None, None, None)
+                # after whatever the request still runs in its thread, even when cancelled
+                await asyncio.shield(held.run(held.give_back))
+                held.thread.shutdown(wait=False)
 
     def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
         """The session, opened or created. `options`: paging options for a new session
@@ -183,20 +171,43 @@ class SessionRegistry:
             self.forget(session_id)
 
 
-async def _enter(hold) -> None:
-    """Take a store's hold in a worker thread. Cancelled while waiting, the thread may
-    still take it: then it is given back as soon as it is taken."""
-    loop = asyncio.get_running_loop()
-    entered = loop.run_in_executor(None, hold.__enter__)
-    try:
-        await asyncio.shield(entered)
-    except asyncio.CancelledError:
-        def give_back(future) -> None:
-            if not future.cancelled() and future.exception() is None:
-                loop.run_in_executor(None, hold.__exit__, None, None, None)
+class Held:
+    """A session held for one request (`SessionRegistry.writing`), and the worker thread
+    that runs the request's store calls, one after another."""
 
-        entered.add_done_callback(give_back)
-        raise
+    def __init__(self, registry: SessionRegistry, session_id: str):
+        self.registry, self.id = registry, session_id
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="session")
+        self.hold = registry.store.hold(session_id, registry.wait)
+        self.entered = False
+        self.session: PagedSession | None = None
+
+    def run(self, fn: Callable, *args) -> asyncio.Future:
+        """`fn(*args)` in the request's thread."""
+        return asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    def take(self, owner: str | None, create: bool, options: dict | None) -> PagedSession:
+        self.hold.__enter__()
+        self.entered = True
+        registry, session_id = self.registry, self.id
+        if session_id in registry.open and registry.store.version(session_id) != registry.versions.get(session_id):
+            # another replica wrote to the session: what this one holds is stale
+            del registry.open[session_id]
+            registry.pending.pop(session_id, None)
+        return registry.get(session_id, owner, create, options)
+
+    def give_back(self) -> None:
+        if not self.entered:
+            return
+        registry = self.registry
+        try:
+            if self.id in registry.open:  # remembered: a write by another replica shows as a new version
+                registry.versions[self.id] = registry.store.version(self.id)
+            else:
+                registry.versions.pop(self.id, None)
+        finally:
+            self.entered = False
+            self.hold.__exit__(None, None, None)
 
 
 class LoopBridge:
