@@ -131,6 +131,31 @@ def test_threads_share_one_store(store_at):
         assert all(store.version(f"s{i}") == 50 for i in range(4))
 
 
+def test_writers_racing_for_the_same_turn_index_land_one(store_at):
+    """Two replicas appending the same next turn: one lands, the others are told it does not continue."""
+    with open_store(store_at) as store:
+        store.create_session("s")
+        store.append_turns("s", turns(1))
+        start, outcomes = threading.Barrier(4), []
+
+        def writer(k):
+            with open_store(store_at) as own:
+                start.wait()
+                try:
+                    own.append_turns("s", [Turn(1, "assistant", f"answer {k}")])
+                    outcomes.append("landed")
+                except StoreError as e:
+                    outcomes.append(str(e))
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("landed") == 1 and all("does not continue" in o for o in outcomes if o != "landed")
+        assert len(store.turns("s")) == 2 and store.version("s") == 2
+
+
 def test_a_session_version_counts_its_writes(store_at):
     with open_store(store_at) as store:
         assert store.version("s") == 0
