@@ -17,6 +17,7 @@ README, "Several replicas".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -140,38 +141,64 @@ class Cluster:
         self.stop()
 
 
+def local_postgres(folder: Path, database: str = "paged_context"):
+    """A PostgreSQL server with its data in `folder` (made on first use, kept), started;
+    returns it and the URL of its `database` (created if missing)."""
+    import psycopg
+
+    from paged_context.postgres_server import PostgresServer
+
+    server = PostgresServer(folder=folder).start()
+    try:
+        return server, server.create_database(database)
+    except psycopg.errors.DuplicateDatabase:
+        return server, server.url(database)
+    except BaseException:
+        server.stop()
+        raise
+
+
 def main(args) -> None:
     from paged_context.models.default_model import home
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    if args.postgres and args.db:
+        raise ValueError("give --db or --postgres, not both")
     signal.signal(signal.SIGTERM, stop)  # as Ctrl-C: everything started is stopped
-    db = args.db or str(home() / "sessions.db")
     try:
-        cluster = Cluster(args.serve_args, db, args.replicas, f"{args.host}:{args.port}", args.run_dir, args.nginx, args.fail_timeout, args.startup_timeout)
-    except KeyboardInterrupt:
-        return
-    try:
-        ports = ", ".join(str(r.port) for r in cluster.replicas)
-        print(f"paged-context cluster: {cluster.url} (nginx) in front of {len(cluster.replicas)} replicas on ports {ports}, store {db}; "
-              f"logs in {cluster.run_dir}. Clients send X-Session-Id. Ctrl-C stops.", flush=True)
-        gone: set[int] = set()
-        while cluster.nginx.process.poll() is None:
-            for i, replica in enumerate(cluster.replicas):
-                if i not in gone and replica.process.poll() is not None:
-                    gone.add(i)
-                    print(f"paged-context cluster: replica {i} (port {replica.port}) exited with code {replica.process.returncode}; "
-                          f"its sessions go to the others (log: {replica.log_path})", file=sys.stderr, flush=True)
-            if len(gone) == len(cluster.replicas):
-                raise RuntimeError("every replica has exited")
-            time.sleep(1)
-        raise RuntimeError(f"nginx exited with code {cluster.nginx.process.returncode} (log: {cluster.run_dir / 'nginx-error.log'})")
+        with contextlib.ExitStack() as started:
+            db = args.db or str(home() / "sessions.db")
+            if args.postgres:
+                server, db = local_postgres(args.postgres)
+                started.callback(server.stop)
+            cluster = started.enter_context(
+                Cluster(args.serve_args, db, args.replicas, f"{args.host}:{args.port}", args.run_dir, args.nginx, args.fail_timeout, args.startup_timeout)
+            )
+            ports = ", ".join(str(r.port) for r in cluster.replicas)
+            print(f"paged-context cluster: {cluster.url} (nginx) in front of {len(cluster.replicas)} replicas on ports {ports}, store {db}; "
+                  f"logs in {cluster.run_dir}. Clients send X-Session-Id. Ctrl-C stops.", flush=True)
+            watch(cluster)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        cluster.stop()
+
+
+def watch(cluster: Cluster) -> None:
+    """Until nginx or every replica exits (SystemExit): say when a replica does."""
+    gone: set[int] = set()
+    while cluster.nginx.process.poll() is None:
+        for i, replica in enumerate(cluster.replicas):
+            if i not in gone and replica.process.poll() is not None:
+                gone.add(i)
+                print(f"paged-context cluster: replica {i} (port {replica.port}) exited with code {replica.process.returncode}; "
+                      f"its sessions go to the others (log: {replica.log_path})", file=sys.stderr, flush=True)
+        if len(gone) == len(cluster.replicas):
+            raise SystemExit("paged-context cluster: every replica has exited")
+        time.sleep(1)
+    raise SystemExit(f"paged-context cluster: nginx exited with code {cluster.nginx.process.returncode} (log: {cluster.run_dir / 'nginx-error.log'})")
 
 
 def add_arguments(p) -> None:
@@ -179,6 +206,10 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="the address nginx listens on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the port nginx listens on (default 8000); replicas take free ports")
     p.add_argument("--db", help="the page store every replica shares, as `serve --db` takes it (default: $PAGED_CONTEXT_HOME/sessions.db)")
+    p.add_argument(
+        "--postgres", type=Path, metavar="DIR",
+        help="start a PostgreSQL server of its own for the store, its data kept in DIR (initdb on first use; needs PostgreSQL's binaries); instead of --db",
+    )
     p.add_argument("--run-dir", type=Path, help="where nginx's configuration, pid file and logs and the replicas' logs go (default: a new temporary directory)")
     p.add_argument("--nginx", help="the nginx binary (default: nginx on PATH or in /usr/sbin)")
     p.add_argument("--fail-timeout", type=float, default=10, help="seconds nginx sends a failed replica nothing before trying it again (default 10)")

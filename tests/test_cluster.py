@@ -6,13 +6,16 @@ question, and a replica killed while eight clients talk through nginx."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +24,7 @@ pytest.importorskip("psycopg")
 
 from paged_context.bench.servers import free_port  # noqa: E402
 from paged_context.pages import Turn  # noqa: E402
-from paged_context.serve.cluster import find_nginx, nginx_config  # noqa: E402
+from paged_context.serve.cluster import find_nginx, local_postgres, nginx_config  # noqa: E402
 from paged_context.store import open_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -48,6 +51,29 @@ def test_the_nginx_config_routes_by_session_and_keeps_its_files_in_the_run_dir(t
     assert checked.returncode == 0, checked.stderr
 
 
+def test_a_kept_postgres_folder_starts_again_with_its_data():
+    """`cluster --postgres DIR`: the server's data stays in DIR from one run to the next."""
+    from paged_context.postgres_server import find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries")
+    folder = Path(tempfile.mkdtemp(prefix="pgk-"))  # run as root, the server's user must enter it: not under pytest's 0700 folders
+    try:
+        for run in range(2):
+            server, url = local_postgres(folder)
+            try:
+                with open_store(url) as store:
+                    if run == 0:
+                        store.create_session("kept", config='{"policy": "lru"}')
+                    else:
+                        assert store.session("kept").config == '{"policy": "lru"}'
+            finally:
+                server.stop()
+        assert (folder / "data" / "PG_VERSION").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster(tiny, postgres_server, tmp_path_factory):
     """`paged-context cluster`: two replicas and nginx on one PostgreSQL database."""
@@ -56,6 +82,7 @@ def cluster(tiny, postgres_server, tmp_path_factory):
     run = tmp_path_factory.mktemp("cluster")
     port = free_port()
     command = [sys.executable, "-m", "paged_context", "cluster", "--replicas", "2", "--port", str(port), "--db", url, "--run-dir", str(run), "--model", str(tiny), *REPLICA_FLAGS]
+    info = {}
     with open(run / "cluster.out", "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -63,14 +90,15 @@ def cluster(tiny, postgres_server, tmp_path_factory):
         while not (run / "cluster.json").exists():
             assert process.poll() is None and time.monotonic() < deadline, (run / "cluster.out").read_text()[-4000:]
             time.sleep(0.5)
-        info = json.loads((run / "cluster.json").read_text())
-        info.update(db=url, store=open_store(url), process=process)
+        info.update(json.loads((run / "cluster.json").read_text()), db=url, store=open_store(url), process=process)
         yield info
     finally:
+        if "store" in info:
+            info["store"].close()
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)  # as Ctrl-C: the cluster stops nginx and the replicas
         assert process.wait(90) == 0, (run / "cluster.out").read_text()[-4000:]
-        for pid in [info["nginx"]["pid"]] + [r["pid"] for r in info["replicas"]]:
+        for pid in [info["nginx"]["pid"]] + [r["pid"] for r in info["replicas"]] if info else []:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
 
@@ -81,9 +109,9 @@ def client(base: str, session: str):
     return OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=120, default_headers={"X-Session-Id": session})
 
 
-def post(base: str, session: str, messages: list[dict], stream: bool = False):
+def post(base: str, session: str, messages: list[dict], stream: bool = False, max_tokens: int = 12):
     """The raw HTTP answer: (status, headers, body)."""
-    body = json.dumps({"model": "tiny", "messages": messages, "stream": stream}).encode()
+    body = json.dumps({"model": "tiny", "messages": messages, "stream": stream, "max_tokens": max_tokens}).encode()
     request = urllib.request.Request(base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json", "X-Session-Id": session})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -146,7 +174,7 @@ def test_two_replicas_writing_one_session_take_turns(cluster):
             for k in range(4):
                 question = f"client {name} question {k}"
                 while True:
-                    status, headers, body = post(base, "contended", [{"role": "user", "content": question}])
+                    status, headers, body = post(base, "contended", [{"role": "user", "content": question}], max_tokens=32)
                     if status != 503:
                         break
                     retried.append(name)
