@@ -166,7 +166,9 @@ def main(args) -> None:
 
     if args.postgres and args.db:
         raise ValueError("give --db or --postgres, not both")
-    signal.signal(signal.SIGTERM, stop)  # as Ctrl-C: everything started is stopped
+    # SIGTERM as Ctrl-C; and SIGINT too where a shell started the command in the background with it ignored
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         with contextlib.ExitStack() as started:
             db = args.db or str(home() / "sessions.db")
@@ -184,6 +186,7 @@ def main(args) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def watch(cluster: Cluster) -> None:
