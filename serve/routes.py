@@ -239,7 +239,7 @@ async def _answer(job: Job, on_text=None, planned: asyncio.Future | None = None)
         return reply
 
 
-def _plan(sessions: SessionRegistry, session, exchange: Exchange, syntax) -> Request | Turn:
+def _plan(sessions: SessionRegistry, session, exchange: Exchange, syntax) -> PagingRequest | Turn:
     """Store what is new and plan the request; or the stored answer, when the request
     resends the history up to a question already answered."""
     stored = answered(session, exchange)

@@ -58,10 +58,10 @@ def answered(session: PagedSession, exchange: Exchange) -> Turn | None:
     the connection broke), else None. Such a request is answered with what is stored, so
     a retry stores nothing twice. A client sending new turns only cannot be told from one
     repeating itself, so only a whole resent history counts."""
-    held = session.turns
-    if exchange.recall_calls or len(held) < 2 or held[-1].role != "assistant" or len(exchange.turns) != len(held) - 1:
+    kept = session.turns
+    if exchange.recall_calls or len(kept) < 2 or kept[-1].role != "assistant" or len(exchange.turns) != len(kept) - 1:
         return None
-    return held[-1] if all(_said(a) == _said(b) for a, b in zip(exchange.turns, held)) else None
+    return kept[-1] if all(_said(a) == _said(b) for a, b in zip(exchange.turns, kept)) else None
 
 
 def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn]:
