@@ -15,7 +15,7 @@ answer and builds the report. An engine is a thin driver around it (`drive` belo
 
 from __future__ import annotations
 
-
+import asyncio
 import json
 import time
 import uuid
@@ -273,10 +273,13 @@ class Engine(Protocol):
         """Run the round; `on_text` receives the text generated so far as it grows."""
 
 
-async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None) -> Reply:
-    """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows."""
+async def drive(engine: Engine, answering: Answering, on_text: Callable[[str], None] | None = None, run=asyncio.to_thread) -> Reply:
+    """Run the loop's rounds on an engine; `on_text` receives the visible answer as it grows.
+    The steps between generations (rendering; serving recalls and storing the answer,
+    which write the store) run in a worker thread through `run(fn, *args)`, off the event
+    loop serving the engine; the caller keeps other requests out of the session meanwhile."""
     stream = TextStream(on_text)
-    while (round_ := answering.next_round()) is not None:
+    while (round_ := await run(answering.next_round)) is not None:
         generated = await engine.generate(round_, answering.session, lambda text: stream.update(round_, text))  # noqa: B023 (used in this round only)
-        stream.flush(answering.take(generated))
-    return answering.reply()
+        stream.flush(await run(answering.take, generated))
+    return await run(answering.reply)

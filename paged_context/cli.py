@@ -81,6 +81,12 @@ COMMANDS = {
         "the OpenAI-compatible paging server on vLLM (or --engine hf); takes every `vllm serve` option "
         "(paged-context serve --help lists them)",
     ),
+    "cluster": (
+        "paged_context.serve.cluster",
+        "several replicas of the paging server behind nginx on this machine, sharing one page store (--db); requests are "
+        "routed by their X-Session-Id header, a dead replica's sessions go to the others. Options it does not know go to "
+        "each replica's `paged-context serve`",
+    ),
     "train-controller": (
         "paged_context.models.train",
         "train the learned Page Controller (imitation of Belady with DAgger, under accelerate; also runs "
@@ -117,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # vLLM's own parser takes over, --help included
         argv = ["serve", "--", *argv[1:]]
-    args = parser().parse_args(argv)
+    if argv[:1] == ["cluster"]:  # what cluster does not know is each replica's serve options
+        args, args.serve_args = parser().parse_known_args(argv)
+    else:
+        args = parser().parse_args(argv)
     try:
         importlib.import_module(args.module).main(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:  # bad input, not a bug

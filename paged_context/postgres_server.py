@@ -46,14 +46,21 @@ class PostgresServer:
     """`with PostgresServer() as server:` a running server; `server.url()` its libpq URL,
     `server.create_database(name)` a fresh database's."""
 
-    def __init__(self, parent: str | Path | None = None, bindir: Path | None = None, settings: dict[str, str] | None = None):
+    def __init__(self, parent: str | Path | None = None, bindir: Path | None = None, settings: dict[str, str] | None = None, folder: str | Path | None = None):
         """A server in a new folder in `parent` (default: the temporary folder), which the
-        server's user (`nobody` when run as root) must be able to enter."""
+        server's user (`nobody` when run as root) must be able to enter. `folder`: in that
+        folder instead, kept with its data when the server stops, and started again from
+        it next time (`paged-context cluster --postgres DIR`)."""
         found = bindir or find_bindir()
         if found is None:
             raise FileNotFoundError("no PostgreSQL binaries (initdb, pg_ctl, postgres): install PostgreSQL (Debian: apt-get install postgresql-15)")
         self.bindir = Path(found)
-        self.folder = Path(tempfile.mkdtemp(prefix="pgc-", dir=parent))  # short: a socket's path has at most 107 bytes
+        self.keep = folder is not None
+        if self.keep:
+            self.folder = Path(folder).resolve()
+            self.folder.mkdir(parents=True, exist_ok=True)
+        else:
+            self.folder = Path(tempfile.mkdtemp(prefix="pgc-", dir=parent))  # short: a socket's path has at most 107 bytes
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
         self.settings = {"listen_addresses": "''", "unix_socket_directories": shlex.quote(str(self.folder)), "fsync": "on", **(settings or {})}
@@ -77,8 +84,10 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         if self._user:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
-        # --no-sync: initdb's own final flush only; the running server syncs every commit
-        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        if not (self.data / "PG_VERSION").exists():  # a kept folder has its data already
+            # --no-sync (a throwaway server): initdb's own final flush only; the running server syncs every commit
+            fast = [] if self.keep else ["--no-sync"]
+            self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", *fast)
         options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", options)
         self.running = True
@@ -90,7 +99,8 @@ class PostgresServer:
                 self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
                 self.running = False
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if not self.keep:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@/{quote(database)}?host={quote(str(self.folder), safe='/')}"

@@ -59,6 +59,10 @@ def build_parser():
     g.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     g.add_argument("--default-repetition-penalty", type=float, default=1.1, help="repetition_penalty when a request gives none (the transformers engine always uses 1.1)")
     g.add_argument("--max-request-bytes", type=int, default=8 << 20, help="largest request body accepted")
+    g.add_argument(
+        "--session-wait", type=float, default=5.0,
+        help="seconds a request waits for a session another replica sharing the store is answering, then HTTP 503 with Retry-After (default 5)",
+    )
     g.add_argument("--kv-host-mib", type=int, default=1024, help="--engine hf: host memory for KV snapshots, all sessions together (MiB)")
     return p
 
@@ -97,7 +101,7 @@ def paging_state(args, engine, tokenizer_count):
     from .sessions import LoopBridge
 
     store = open_store(args.db, tokenizer_count)
-    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine), engine.forget)
+    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine), engine.forget, wait=args.session_wait)
     return PagingState(
         engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes,
         args.default_max_tokens, args.default_repetition_penalty, args.recall_rounds,

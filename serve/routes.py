@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from paged_context.answering import Answering, Sampling, drive
+from paged_context.answering import Answering, Reply, Sampling, drive
 from paged_context.calls import RECALL
-from paged_context.keywords import LLM_STRATEGIES
-from paged_context.messages import BadRequest, parse_tools, split_messages
+from paged_context.messages import BadRequest, Exchange, Tools, parse_tools, split_messages
+from paged_context.pages import Turn
+from paged_context.session import Request as PagingRequest
+from paged_context.store import SessionBusy
 
-from .sessions import Forbidden, SessionRegistry, TooLarge, session_id_for
+from .sessions import Forbidden, SessionRegistry, TooLarge, answered, session_id_for
 
 router = APIRouter()
 FLAGS = ("expose_recall", "return_prompt")  # the request's paged_context switches
@@ -159,14 +162,8 @@ async def chat_completions(raw: Request):
         return error(e.status, str(e), "RequestTooLarge" if e.status == 413 else "BadRequestError")
     except PermissionError:
         return unauthorized()
-    try:
-        session = state.sessions.get(session_id, owner, options=options.get("paging"))
-    except BadRequest as e:
-        return error(400, str(e))
-    except Forbidden:
-        return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
     name = model or state.model_names[0]
-    work = (state, session, exchange, sampling, tools, options.get("expose_recall", False))
+    job = Job(state, session_id, owner, options.get("paging"), exchange, sampling, tools, options.get("expose_recall", False))
 
     def block(reply) -> dict:
         """The response's paged_context block (with the prompt, when asked for)."""
@@ -176,20 +173,67 @@ async def chat_completions(raw: Request):
         return shown
 
     if stream:
-        return StreamingResponse(_stream(work, block, name, include_usage), media_type="text/event-stream")
+        # the stream begins once the request is planned (its turns stored): a session
+        # that is busy or not the caller's is answered with an HTTP error, not a stream
+        queue: asyncio.Queue = asyncio.Queue()
+        planned = asyncio.get_running_loop().create_future()
+        work = asyncio.create_task(_answer(job, queue.put_nowait, planned))
+        work.add_done_callback(lambda _: queue.put_nowait(None))
+        await asyncio.wait([planned, work], return_when=asyncio.FIRST_COMPLETED)
+        if not planned.done() and (refused := _refusal(work.exception(), state)) is not None:
+            return refused
+        return StreamingResponse(_stream(work, queue, block, name, include_usage), media_type="text/event-stream")
     try:
-        reply = await _answer(*work)
-    except BadRequest as e:
-        return error(400, str(e))
+        reply = await _answer(job)
+    except (BadRequest, Forbidden, SessionBusy) as e:
+        return _refusal(e, state)
     return JSONResponse(_completion(reply, block, name))
 
 
-async def _answer(state: PagingState, session, exchange, sampling, tools, expose, on_text=None):
-    async with state.sessions.lock(session.id):
-        request = await _plan(state, session, exchange)  # stored before anything can fail
+@dataclass(frozen=True)
+class Job:
+    """A chat request, checked, to answer in its session."""
+
+    state: PagingState
+    session_id: str
+    owner: str | None
+    paging: dict | None  # paging options for a new session
+    exchange: Exchange
+    sampling: Sampling
+    tools: Tools
+    expose: bool  # recall calls go to the client
+
+
+def _refusal(e: BaseException | None, state: PagingState) -> JSONResponse | None:
+    """The HTTP error for what stopped a request before it was planned (None: not ours)."""
+    if isinstance(e, SessionBusy):
+        retry = max(1, math.ceil(state.sessions.wait))
+        response = error(503, f"session {e.session_id!r} is being answered by another replica; retry in {retry} s", "ServiceUnavailableError")
+        response.headers["Retry-After"] = str(retry)
+        return response
+    if isinstance(e, Forbidden):
+        return error(404, f"no session {e.args[0]!r} for this API key", "NotFoundError")
+    if isinstance(e, BadRequest):
+        return error(400, str(e))
+    return None
+
+
+async def _answer(job: Job, on_text=None, planned: asyncio.Future | None = None):
+    """Answer the request in its session, held for the whole turn (plan, generate, store
+    the answer). `planned` is set once the request's turns are stored."""
+    state = job.state
+    async with state.sessions.writing(job.session_id, job.owner, options=job.paging) as held:
+        session = held.session
+        request = await held.run(_plan, state.sessions, session, job.exchange, state.engine.template.syntax)  # stored before anything can fail
+        if planned is not None:
+            planned.set_result(None)
+        if isinstance(request, Turn):  # answered already: the client did not hear it
+            if on_text is not None and request.text:
+                on_text(request.text)
+            return _stored(session, request)
         started = time.perf_counter()
-        answering = Answering(session, request, state.engine.template, state.engine.window, sampling, tools, state.max_rounds, expose)
-        reply = await drive(state.engine, answering, on_text)
+        answering = Answering(session, request, state.engine.template, state.engine.window, job.sampling, job.tools, state.max_rounds, job.expose)
+        reply = await drive(state.engine, answering, on_text, held.run)
         if any(call.name == RECALL for call in reply.tool_calls):
             state.sessions.pending[session.id] = request  # answered when the client hands the call back
         TURN_SECONDS.observe(time.perf_counter() - started)
@@ -197,12 +241,18 @@ async def _answer(state: PagingState, session, exchange, sampling, tools, expose
         return reply
 
 
-async def _plan(state: PagingState, session, exchange):
-    """Store what is new and plan the request. Keyword strategies that ask the model wait
-    for its answer, so their sessions plan in a worker thread, off the loop serving it."""
-    if session.config.keywords in LLM_STRATEGIES:
-        return await asyncio.to_thread(state.sessions.request_for, session, exchange, state.engine.template.syntax)
-    return state.sessions.request_for(session, exchange, state.engine.template.syntax)
+def _plan(sessions: SessionRegistry, session, exchange: Exchange, syntax) -> PagingRequest | Turn:
+    """Store what is new and plan the request; or the stored answer, when the request
+    resends the history up to a question already answered."""
+    stored = answered(session, exchange)
+    return stored if stored is not None else sessions.request_for(session, exchange, syntax)
+
+
+def _stored(session, answer: Turn) -> Reply:
+    """The reply for an answer given before: nothing generated, nothing stored."""
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "rounds": 0}
+    paging = {**session.report(PagingRequest("", (), ()), 0, 0), "stored_answer": True}
+    return Reply(answer.text, paging, usage, [], tuple(answer.tool_calls), "tool_calls" if answer.tool_calls else "stop")
 
 
 def _count(reply) -> None:
@@ -245,16 +295,14 @@ def _completion(reply, block, model: str) -> dict:
     }
 
 
-async def _stream(job: tuple, block, model: str, include_usage: bool):
+async def _stream(work: asyncio.Task, queue: asyncio.Queue, block, model: str, include_usage: bool):
+    """The answer `work` writes to `queue` (None: done), as server-sent events."""
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
         return "data: " + json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}) + "\n\n"
 
-    queue: asyncio.Queue = asyncio.Queue()
-    work = asyncio.create_task(_answer(*job, queue.put_nowait))
-    work.add_done_callback(lambda _: queue.put_nowait(None))
     yield chunk({"role": "assistant", "content": ""})
     try:
         while (text := await queue.get()) is not None:
@@ -308,46 +356,51 @@ async def list_sessions(raw: Request):
         owner = owner_of(raw, state)
     except PermissionError:
         return unauthorized()
-    return {"object": "list", "data": state.sessions.list(owner)}
+    return {"object": "list", "data": await asyncio.to_thread(state.sessions.list, owner)}
 
 
 async def _on_session(raw: Request, session_id: str, action):
-    """Run `action(registry, owner)` on a session under its lock, with the API key check."""
+    """Run `action(registry, session)` on a session held for it, in the request's worker
+    thread (opening a session writes its pages), with the API key check."""
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
-        async with state.sessions.lock(session_id):
-            return action(state.sessions, owner)
+        async with state.sessions.writing(session_id, owner, create=False) as held:
+            return await held.run(action, state.sessions, held.session)
     except PermissionError:
         return unauthorized()
-    except Forbidden:
-        return error(404, f"no session {session_id!r} for this API key", "NotFoundError")
+    except (Forbidden, SessionBusy) as e:
+        return _refusal(e, state)
     except KeyError as missing:  # a page the session does not have
         return error(404, missing.args[0], "NotFoundError")
 
 
 @router.get("/paging/sessions/{session_id}")
 async def get_session(session_id: str, raw: Request):
-    return await _on_session(raw, session_id, lambda sessions, owner: _session_view(sessions.get(session_id, owner, create=False)))
+    return await _on_session(raw, session_id, lambda sessions, session: _session_view(session))
 
 
 @router.delete("/paging/sessions/{session_id}")
 async def delete_session(session_id: str, raw: Request):
-    def delete(sessions, owner):
-        sessions.delete(session_id, owner)
+    def delete(sessions, session):
+        sessions.drop(session.id, session.owner)
         return {"id": session_id, "deleted": True}
 
-    return await _on_session(raw, session_id, delete)
+    done = await _on_session(raw, session_id, delete)
+    forget = raw.app.state.paging.sessions.forget
+    if isinstance(done, dict) and forget is not None:
+        forget(session_id)  # the engine's state lives on the event loop
+    return done
 
 
 @router.post("/paging/sessions/{session_id}/pages/{page_id}/pin")
 async def pin_page(session_id: str, page_id: int, raw: Request):
-    return await _on_session(raw, session_id, lambda sessions, owner: _pin(sessions.get(session_id, owner, create=False), page_id, True))
+    return await _on_session(raw, session_id, lambda sessions, session: _pin(session, page_id, True))
 
 
 @router.delete("/paging/sessions/{session_id}/pages/{page_id}/pin")
 async def unpin_page(session_id: str, page_id: int, raw: Request):
-    return await _on_session(raw, session_id, lambda sessions, owner: _pin(sessions.get(session_id, owner, create=False), page_id, False))
+    return await _on_session(raw, session_id, lambda sessions, session: _pin(session, page_id, False))
 
 
 def _pin(session, page_id: int, pinned: bool) -> dict:

@@ -10,9 +10,11 @@ and skipped. Sessions belong to the API key that created them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
-from typing import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Sequence
 
 from paged_context.calls import CallSyntax
 from paged_context.messages import BadRequest, ChatTurn, Exchange
@@ -50,6 +52,18 @@ def _said(turn: Turn | ChatTurn) -> tuple:
     return turn.role, turn.text.strip(), tuple((c.id, c.name, c.arguments.strip()) for c in turn.tool_calls), turn.tool_call_id
 
 
+def answered(session: PagedSession, exchange: Exchange) -> Turn | None:
+    """The stored answer to a request that resends the history up to the question that
+    answer answers (a client that never heard it: its replica died after storing it, or
+    the connection broke), else None. Such a request is answered with what is stored, so
+    a retry stores nothing twice. A client sending new turns only cannot be told from one
+    repeating itself, so only a whole resent history counts."""
+    kept = session.turns
+    if exchange.recall_calls or len(kept) < 2 or kept[-1].role != "assistant" or len(exchange.turns) != len(kept) - 1:
+        return None
+    return kept[-1] if all(_said(a) == _said(b) for a, b in zip(exchange.turns, kept)) else None
+
+
 def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn]:
     """The turns of a request the session does not have yet. A full history starts with
     what the session holds; anything else is taken as new turns only."""
@@ -66,18 +80,42 @@ def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn
 
 class SessionRegistry:
     """Open sessions over one durable store, one lock per session so concurrent requests
-    to a session take turns (different sessions run in parallel)."""
+    to a session take turns (different sessions run in parallel). Replicas sharing the
+    store take turns too: a request that may change a session runs in `writing`."""
 
-    def __init__(self, store: PageStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None):
+    def __init__(
+        self, store: PageStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None, wait: float = 5.0,
+    ):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it.
-        `forget(session_id)`: the engine drops a deleted session's state (its KV cache)."""
+        `forget(session_id)`: the engine drops a deleted session's state (its KV cache).
+        `wait`: how long a request waits for a session another replica is answering."""
         self.store, self.config, self.count_tokens, self.complete, self.forget = store, config, count_tokens, complete, forget
+        self.wait = wait
         self.open: dict[str, PagedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.pending: dict[str, Request] = {}  # requests whose recall call went to the client
+        self.versions: dict[str, int] = {}  # each open session's store version after this replica's last write
 
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def writing(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> AsyncIterator[Held]:
+        """The session (as `get` gives it) held for a request that may change it: this
+        replica's requests take turns (the asyncio lock), and so do the replicas sharing
+        the store (its hold, within `wait` seconds, else SessionBusy). A session another
+        replica wrote since this one's last write is read again from the store. The hold
+        and every store call of the request run in the request's own worker thread
+        (`Held.run`), off the event loop: a store whose hold is a connection writes on it."""
+        async with self.lock(session_id):
+            held = Held(self, session_id)
+            try:
+                held.session = await asyncio.shield(held.run(held.take, owner, create, options))
+                yield held
+            finally:
+                # after whatever the request still runs in its thread, even when cancelled
+                await asyncio.shield(held.run(held.give_back))
+                held.thread.shutdown(wait=False)
 
     def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
         """The session, opened or created. `options`: paging options for a new session
@@ -119,13 +157,57 @@ class SessionRegistry:
     def list(self, owner: str | None) -> list[str]:
         return [info.id for info in self.store.sessions(owner)]
 
-    def delete(self, session_id: str, owner: str | None) -> None:
+    def drop(self, session_id: str, owner: str | None) -> None:
+        """Delete the session from the store (the engine's state stays: `delete`)."""
         self.get(session_id, owner, create=False)
         self.open.pop(session_id, None)
         self.pending.pop(session_id, None)
         self.store.delete_session(session_id)
+
+    def delete(self, session_id: str, owner: str | None) -> None:
+        """Delete the session and the engine's state for it (on the engine's event loop)."""
+        self.drop(session_id, owner)
         if self.forget is not None:
             self.forget(session_id)
+
+
+class Held:
+    """A session held for one request (`SessionRegistry.writing`), and the worker thread
+    that runs the request's store calls, one after another."""
+
+    def __init__(self, registry: SessionRegistry, session_id: str):
+        self.registry, self.id = registry, session_id
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="session")
+        self.hold = registry.store.hold(session_id, registry.wait)
+        self.entered = False
+        self.session: PagedSession | None = None
+
+    def run(self, fn: Callable, *args) -> asyncio.Future:
+        """`fn(*args)` in the request's thread."""
+        return asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    def take(self, owner: str | None, create: bool, options: dict | None) -> PagedSession:
+        self.hold.__enter__()
+        self.entered = True
+        registry, session_id = self.registry, self.id
+        if session_id in registry.open and registry.store.version(session_id) != registry.versions.get(session_id):
+            # another replica wrote to the session: what this one holds is stale
+            del registry.open[session_id]
+            registry.pending.pop(session_id, None)
+        return registry.get(session_id, owner, create, options)
+
+    def give_back(self) -> None:
+        if not self.entered:
+            return
+        registry = self.registry
+        try:
+            if self.id in registry.open:  # remembered: a write by another replica shows as a new version
+                registry.versions[self.id] = registry.store.version(self.id)
+            else:
+                registry.versions.pop(self.id, None)
+        finally:
+            self.entered = False
+            self.hold.__exit__(None, None, None)
 
 
 class LoopBridge:

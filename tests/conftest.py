@@ -14,6 +14,14 @@ def locomo_path():
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny random Llama (tests/tiny_model.py) that vLLM's CPU attention can serve too."""
+    from tiny_model import build
+
+    return build(tmp_path_factory.mktemp("tiny-serve"), hidden=128, heads=2)
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL for the test session (paged_context.postgres_server)."""
     from paged_context.postgres_server import PostgresServer, find_bindir

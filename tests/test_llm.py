@@ -4,18 +4,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tiny_model import build  # noqa: E402
-
 from paged_context import PagingConfig  # noqa: E402
 from paged_context.serve import PagedLLM  # noqa: E402
 
 CONFIG = PagingConfig(boundary="tokens_64", resident_low=1, resident_high=2, prefetch_budget=1, match_budget=1)
 VLLM_ARGS = dict(max_model_len=1024, dtype="float32", kv_cache_memory_bytes=256 << 20, gpu_memory_utilization=0.2)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("tiny-llm"), hidden=128, heads=2)
 
 
 def converse(llm):

@@ -14,8 +14,6 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tiny_model import build  # noqa: E402
-
 from paged_context.calls import HERMES, PLAIN  # noqa: E402
 from paged_context.patches.vllm_logits import parse_options  # noqa: E402
 from paged_context.patches.vllm_tool_parser import PagedRecallToolParser, first_call  # noqa: E402
@@ -28,11 +26,6 @@ PLUGIN_ARGS = [
 ]
 # vLLM's CPU backend reserves a share of host memory; keep the tiny model's small
 SMALL_ENGINE = dict(enforce_eager=True, max_model_len=1024, block_size=32, dtype="float32", gpu_memory_utilization=0.2, kv_cache_memory_bytes=256 << 20)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("tiny-vllm"), hidden=128, heads=2)
 
 
 @pytest.fixture(scope="module")

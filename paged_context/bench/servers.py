@@ -32,28 +32,42 @@ def free_port() -> int:
 
 class Launched:
     """A server process (and its engine's workers, one process group), up once its
-    /health answers; stopped with `stop`."""
+    /health answers; stopped with `stop`. `wait=False` returns at once: several servers
+    then start together, and `up()` waits for each."""
 
-    def __init__(self, command: list[str], port: int, log: Path, timeout: float = 600):
+    def __init__(self, command: list[str], port: int, log: Path, timeout: float = 600, wait: bool = True):
         self.url = f"http://127.0.0.1:{port}"
+        self.port = port
         self.log_path = log
         self.log = open(log, "w")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
+        self.deadline = time.monotonic() + timeout
+        if wait:
+            self.up()
+
+    def up(self) -> None:
+        """Wait until /health answers (RuntimeError, with the log's end, if it never does)."""
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=5)
                 return
             except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or time.monotonic() > self.deadline:
                     self.stop(signal.SIGKILL)
-                    raise RuntimeError(f"the server did not come up:\n{log.read_text()[-4000:]}")
+                    raise RuntimeError(f"the server did not come up:\n{self.log_path.read_text()[-4000:]}") from None
                 time.sleep(1)
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        """Signal the process group and wait for the server; SIGKILL after `timeout` s."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
         self.log.close()
 
 
