@@ -91,7 +91,9 @@ def text_of(content: Any, where: str = "content") -> str:
 
 
 def _calls(message: dict, i: int) -> tuple[ToolCall, ...]:
-    calls = message.get("tool_calls") or []
+    calls = message.get("tool_calls")
+    if calls is None:
+        calls = []
     if not isinstance(calls, list):
         raise BadRequest(f"messages[{i}].tool_calls must be a list")
     out = []
@@ -127,7 +129,7 @@ def split_messages(messages: list[dict]) -> Exchange:
             continue
         if role == "tool":
             call_id = message.get("tool_call_id")
-            if call_id not in open_calls:
+            if not isinstance(call_id, str) or call_id not in open_calls:
                 raise BadRequest(f"messages[{i}] is a tool result for no open tool call (tool_call_id {call_id!r})")
             if open_calls.pop(call_id) != RECALL:  # a recall result's content is the server's to fill
                 turns.append(ChatTurn("tool", text, tool_call_id=call_id))
@@ -169,7 +171,7 @@ def parse_tools(body: dict) -> Tools:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise BadRequest(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': {{...}}}}}}")
         name = function["name"]
-        if not TOOL_NAME.match(name):
+        if not TOOL_NAME.fullmatch(name):
             raise BadRequest(f"tools[{i}].function.name must be 1-64 letters, digits, _ or -, got {name!r}")
         if name == RECALL:
             raise BadRequest("recall is the paging server's own tool (it brings back evicted pages): give your tool another name")
@@ -183,8 +185,9 @@ def parse_tools(body: dict) -> Tools:
     if choice is None:
         choice = "auto" if functions else "none"
     elif isinstance(choice, dict):
-        named = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
-        if named not in names:
+        function = choice.get("function") if choice.get("type") == "function" else None
+        named = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(named, str) or named not in names:
             raise BadRequest(f"tool_choice names no tool of this request: {named!r}")
         choice = named
     elif choice not in ("auto", "none", "required"):

@@ -182,14 +182,14 @@ def token_budget(n: int, count_tokens: TokenCounter) -> Boundary:
     return lambda page, atom: sum(count_tokens(t.render()) for t in page + atom) > n
 
 
-_STRATEGY = re.compile(r"^(fixed|exchange|tokens)_(\d+)$|^(topic_shift)(?:_([0-9.]+))?$|^(session)$")
+_STRATEGY = re.compile(r"(fixed|exchange|tokens)_([0-9]+)|(topic_shift)(?:_([0-9]+(?:\.[0-9]+)?))?|(session)")  # whole strings
 
 STRATEGIES = ("fixed_N", "exchange_N", "tokens_N", "topic_shift[_THRESHOLD]", "session")
 
 
 def boundary(strategy: str, count_tokens: TokenCounter = approx_tokens) -> Boundary:
     """The rule named by a strategy string such as 'fixed_10' or 'topic_shift_0.2'."""
-    m = _STRATEGY.match(strategy)
+    m = _STRATEGY.fullmatch(strategy) if isinstance(strategy, str) else None
     if not m:
         raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     kind, n, shift, threshold, session = m.groups()
