@@ -42,6 +42,7 @@ SEMANTIC = (
     "need 1 <= ",  # resident_low <= resident_high, window_low <= window_high, the server's defaults counted
     "not a JSON schema the engine can follow",  # a forced call's parameters (xgrammar / vLLM's structured outputs)
     "strings in the request must not contain",  # NUL and unpaired surrogates
+    "a session id is",  # `user` names the session only without X-Session-Id, and then has its pattern
 )
 
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -209,7 +210,10 @@ _SCHEMAS = {
                 "description": "token id -> amount added to its logit",
             },
             "repetition_penalty": {**_NULLABLE_NUMBER, "minimum": 0.5, "maximum": 2, "description": "default: the server's --default-repetition-penalty"},
-            "user": {"type": ["string", "null"], "pattern": "^([A-Za-z0-9._:@-]{1,128})?$", "description": "names the session when there is no X-Session-Id"},
+            "user": {
+                "type": ["string", "null"],
+                "description": "names the session when there is no X-Session-Id: then 1-128 letters, digits and . _ : @ - (or empty: not used)",
+            },
             "paged_context": {"anyOf": [{"$ref": "#/components/schemas/PagedContextOptions"}, {"type": "null"}]},
         },
         "additionalProperties": True,
@@ -276,6 +280,18 @@ _SCHEMAS = {
                 },
             },
             "paged_context": {"$ref": "#/components/schemas/PagedContextReport"},
+        },
+    },
+    "PagedStreamEvent": {
+        "type": "object",
+        "description": "One server-sent event of a streamed answer",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "description": "a chat.completion.chunk as JSON (the last with finish_reason and the paged_context block; then usage, "
+                "with stream_options.include_usage), or {\"error\": {...}} when the answer failed; then [DONE]",
+            }
         },
     },
     "PagedSessionList": {
@@ -347,7 +363,7 @@ _PATHS = {
                     "description": "The answer; with `stream`, server-sent events (chat.completion.chunk, the paged_context block in the last one, then `[DONE]`)",
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/PagedChatCompletion"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"$ref": "#/components/schemas/PagedStreamEvent"}},
                     },
                 },
                 **_errors("400", "401", "404", "413", "503"),

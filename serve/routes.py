@@ -129,15 +129,19 @@ def parse_logit_bias(bias, vocab: int) -> dict[int, float] | None:
     return out or None
 
 
-def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penalty: float, vocab: int) -> Sampling:
+def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penalty: float, vocab: int, window: int) -> Sampling:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequest("n must be 1")
     # max_completion_tokens is OpenAI's newer name; both are checked, it wins when both are given
-    longest = _number(body, "max_tokens", None, 1, 1 << 20, integer=True)
-    longest = _number(body, "max_completion_tokens", longest, 1, 1 << 20, integer=True)
+    longest = default_max_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        asked = _number(body, name, None, 1, 1 << 20, integer=True)
+        longest = longest if asked is None else asked
+        if asked is not None and asked > window // 2:
+            raise BadRequest(f"{name}={asked} leaves too little of the model's window ({window} tokens) for the conversation; at most {window // 2}")
     return Sampling(
-        max_tokens=default_max_tokens if longest is None else longest,
+        max_tokens=longest,
         temperature=float(_number(body, "temperature", 0.0, 0.0, 2.0)),
         top_p=float(_number(body, "top_p", 1.0, 1e-6, 1.0)),
         seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True),
@@ -204,7 +208,7 @@ async def chat_completions(raw: Request):
             raise BadRequest("messages must be a list of message objects")
         exchange = split_messages(messages)
         tools = parse_tools(body)
-        sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty, len(state.engine.template.tokenizer))
+        sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty, len(state.engine.template.tokenizer), state.engine.window)
         if sampling.max_tokens > state.engine.window // 2:
             raise BadRequest(f"max_tokens={sampling.max_tokens} leaves too little of the model's window ({state.engine.window} tokens) for the conversation; at most {state.engine.window // 2}")
         user = body.get("user")
