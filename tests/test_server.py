@@ -242,6 +242,12 @@ def test_the_clients_tools_are_checked(vllm_server):
         (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"pageing": {}}}', 400, "unknown paged_context field"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"paging": {"policy": "oracle"}}}', 400, "unknown policy"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "paged_context": {"paging": {"resident_high": -1}}}', 400, "between 0 and 1000"),
+        # found by fuzzing (tests/test_http_fuzz.py): these were 500s
+        (b'{"messages": [{"role": "user", "content": "so"}], "stream": true, "stream_options": "yes"}', 400, "stream_options"),
+        (b'{"messages": [{"role": "user", "content": "lb"}], "logit_bias": {"99999999": 1}}', 400, "vocabulary"),
+        (b'{"messages": [{"role": "user", "content": "lb"}], "logit_bias": {"1": 1' + b"0" * 400 + b"}}", 400, "logit_bias"),
+        (b'{"messages": [{"role": "user", "content": "half \\ud800"}]}', 400, "surrogates"),
+        (b'{"messages": [{"role": "user", "content": "fc"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}], "tool_choice": "required"}', 400, "JSON schema"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(vllm_server, body, status, message):

@@ -9,6 +9,10 @@ Per request: time to first token (streaming: the first content chunk; otherwise 
 answer), latency, and the error if it failed. Meanwhile the server's resident memory is
 read from its Prometheus `/metrics` (`process_resident_memory_bytes`) once a second.
 
+`--heavy-turns N` adds a second phase: the same sessions again, while one more client
+resends a stateless history of N turns with each question (the first of its requests
+stores them all): what a long session costs the others, as their TTFT.
+
 The paging server is started on the given model (`--model`, default the embedded model;
 `--engine hf` for the transformers engine), or an `--endpoint` already running is used.
 """
@@ -73,6 +77,48 @@ def client_session(url: str, model: str, session: int, turns: int, max_tokens: i
     return rows
 
 
+def heavy_history(turns: int, run: str) -> list[dict]:
+    """A stateless conversation of `turns` turns (odd: it ends with the user)."""
+    return [
+        {"role": "user", "content": f"Heavy {run}, message {i}: notes on {TOPICS[i % len(TOPICS)]}, item {i}."} if i % 2 == 0
+        else {"role": "assistant", "content": f"Noted item {i}."}
+        for i in range(turns | 1)
+    ]
+
+
+def heavy_client(url: str, model: str, turns: int, max_tokens: int, run: str, stop: threading.Event) -> list[dict]:
+    """One client resending a history of `turns` turns, and a new question each time,
+    until `stop`; a row per request."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    history, rows = heavy_history(turns, run), []
+    while not stop.is_set():
+        started, error, text = time.perf_counter(), None, ""
+        try:
+            text = client.chat.completions.create(model=model, messages=history, max_tokens=max_tokens, temperature=0).choices[0].message.content or ""
+        except openai.APIError as e:
+            error = f"{type(e).__name__}: {getattr(e, 'status_code', '')} {e}"[:300]
+        rows.append({"history_turns": len(history), "latency_s": time.perf_counter() - started, "error": error})
+        if error is not None:  # refused (too large a body?): the phase goes on without it
+            break
+        history += [{"role": "assistant", "content": text}, {"role": "user", "content": f"And item {len(history)}?"}]
+    return rows
+
+
+def with_heavy(url: str, model: str, heavy_turns: int, **settings) -> dict:
+    """`drive` while a heavy client resends its long history."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(heavy_client, url, model, heavy_turns, settings["max_tokens"], f"{time.time_ns():x}", stop)
+        try:
+            phase = drive(url, model, **settings)
+        finally:
+            stop.set()
+        phase["heavy_rows"] = heavy.result()
+    return phase
+
+
 def server_rss(url: str) -> float | None:
     """The server process's resident memory in MiB, from its Prometheus metrics."""
     try:
@@ -127,15 +173,36 @@ def summarize(result: dict) -> dict:
     return summary
 
 
+def summarize_heavy(phase: dict) -> dict:
+    """The sessions' summary while the heavy client ran, and its own requests."""
+    heavy = phase["heavy_rows"]
+    ok = [r["latency_s"] for r in heavy if r["error"] is None]
+    return {
+        **summarize(phase),
+        "heavy_requests": len(heavy),
+        "heavy_errors": len(heavy) - len(ok),
+        "heavy_first_latency_s": heavy[0]["latency_s"] if heavy else None,  # stores the whole history
+        "heavy_latency_p50_s": percentile(ok, 0.5) if ok else None,
+    }
+
+
 def report(result: dict) -> str:
     s = result["summary"]
     head = (f"bench load: {result['sessions']} sessions x {result['turns']} turns on {result['model']} ({result['where']}), "
             f"{result['max_tokens']} tokens per answer, {result['seconds']:.0f} s")
-    rows = [[s["requests"], s["errors"], s["requests_per_s"], s["ttft_p50_s"], s["ttft_p95_s"], s["latency_p50_s"], s["latency_p95_s"],
-             s["rss_first_mib"], s["rss_last_mib"], s["rss_max_mib"]]]
-    headers = ["requests", "errors", "req/s", "TTFT p50 s", "TTFT p95 s", "latency p50 s", "latency p95 s", "RSS first MiB", "RSS last MiB", "RSS max MiB"]
-    errors = sorted({r["error"] for r in result["rows"] if r["error"]})[:5]
-    return "\n".join([head, table(headers, rows, digits=2), *(f"error: {e}" for e in errors), f"\nanchor: {ANCHOR}"])
+    headers = ["phase", "requests", "errors", "req/s", "TTFT p50 s", "TTFT p95 s", "latency p50 s", "latency p95 s", "RSS first MiB", "RSS last MiB", "RSS max MiB"]
+    keys = ["requests", "errors", "requests_per_s", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s", "rss_first_mib", "rss_last_mib", "rss_max_mib"]
+    rows = [["alone", *(s[k] for k in keys)]]
+    lines = []
+    if "heavy" in result:
+        h = result["heavy"]["summary"]
+        rows.append([f"+ {result['heavy_turns']}-turn client", *(h[k] for k in keys)])
+        lines.append(
+            f"heavy client: {h['heavy_requests']} requests ({h['heavy_errors']} errors), the first (storing its history) "
+            f"{h['heavy_first_latency_s'] or 0:.1f} s, p50 {h['heavy_latency_p50_s'] or 0:.1f} s"
+        )
+    errors = sorted({r["error"] for r in result["rows"] + result.get("heavy", {}).get("rows", []) if r["error"]})[:5]
+    return "\n".join([head, table(headers, rows, digits=2), *lines, *(f"error: {e}" for e in errors), f"\nanchor: {ANCHOR}"])
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -148,6 +215,9 @@ def plot(result: dict, path: Path) -> Path:
         by_turn = [[r[key] for r in result["rows"] if r["turn"] == t and r["error"] is None] for t in range(result["turns"])]
         right.plot(range(1, result["turns"] + 1), [percentile(v, 0.5) if v else None for v in by_turn], marker=".", label=f"{label} p50")
         right.plot(range(1, result["turns"] + 1), [percentile(v, 0.95) if v else None for v in by_turn], linestyle="--", label=f"{label} p95")
+    if "heavy" in result:
+        by_turn = [[r["ttft_s"] for r in result["heavy"]["rows"] if r["turn"] == t and r["error"] is None] for t in range(result["turns"])]
+        right.plot(range(1, result["turns"] + 1), [percentile(v, 0.5) if v else None for v in by_turn], marker="x", label=f"TTFT p50, + {result['heavy_turns']}-turn client")
     right.set(xlabel="turn", ylabel="seconds", title="Per turn, over all sessions")
     return save_panels(fig, (left, right), path)
 
@@ -156,17 +226,26 @@ def main(args) -> dict:
     from ..models.default_model import resolve
 
     settings = {"sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens}
+
+    def phases(url: str, model: str) -> dict:
+        result = drive(url, model, **settings)
+        if args.heavy_turns:
+            result["heavy"] = with_heavy(url, model, args.heavy_turns, **settings)
+        return result
+
     if args.endpoint:
-        result = {**drive(args.endpoint.rstrip("/"), args.model_name or "default", **settings), "model": args.model_name or "?", "where": args.endpoint}
+        result = {**phases(args.endpoint.rstrip("/"), args.model_name or "default"), "model": args.model_name or "?", "where": args.endpoint}
     else:
         from .servers import served
 
         model = resolve(args.model)
         flags = ["--engine", args.engine, *shlex.split(args.server_flags)]
         with tempfile.TemporaryDirectory(prefix="paged-load-") as work, served(model, shlex.split(args.engine_flags), Path(work), True, flags) as url:
-            result = {**drive(url, model.name, **settings), "model": model.name, "where": f"paged-context serve --engine {args.engine}"}
-    result.update(settings)
+            result = {**phases(url, model.name), "model": model.name, "where": f"paged-context serve --engine {args.engine}"}
+    result.update(settings, heavy_turns=args.heavy_turns)
     result["summary"] = summarize(result)
+    if "heavy" in result:
+        result["heavy"]["summary"] = summarize_heavy(result["heavy"])
     return publish(result, report(result), args.out, "load", plot)
 
 
@@ -180,4 +259,8 @@ def add_arguments(p) -> None:
     p.add_argument("--server-flags", default="", metavar="FLAGS", help='extra paged-context serve flags, one string: "--resident 2 4"')
     p.add_argument("--endpoint", help="a running paging server's base URL instead (http://host:port)")
     p.add_argument("--model-name", help="with --endpoint: the model name it serves")
+    p.add_argument(
+        "--heavy-turns", type=int, default=0, metavar="N",
+        help="a second phase: the sessions again while one client resends a stateless history of N turns (default 0: none)",
+    )
     p.add_argument("--out", type=Path, help="write load.json and load.png here")
