@@ -110,6 +110,8 @@ def split_messages(messages: list[dict]) -> Exchange:
     back. System and developer messages are instructions, not turns: they are not paged.
     Recall calls and their tool messages are paging mechanics, not conversation; recall
     calls after the last turn are served before the model answers."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("messages must be a list of message objects")
     if not messages:
         raise BadRequest("messages must not be empty")
     turns: list[ChatTurn] = []
@@ -127,7 +129,7 @@ def split_messages(messages: list[dict]) -> Exchange:
             continue
         if role == "tool":
             call_id = message.get("tool_call_id")
-            if call_id not in open_calls:
+            if not isinstance(call_id, str) or call_id not in open_calls:
                 raise BadRequest(f"messages[{i}] is a tool result for no open tool call (tool_call_id {call_id!r})")
             if open_calls.pop(call_id) != RECALL:  # a recall result's content is the server's to fill
                 turns.append(ChatTurn("tool", text, tool_call_id=call_id))
@@ -158,6 +160,8 @@ def split_messages(messages: list[dict]) -> Exchange:
 
 def parse_tools(body: dict) -> Tools:
     """The request's `tools`, `tool_choice` and `parallel_tool_calls`, checked."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
     tools = body.get("tools")
     if tools is None:
         tools = []
@@ -183,8 +187,9 @@ def parse_tools(body: dict) -> Tools:
     if choice is None:
         choice = "auto" if functions else "none"
     elif isinstance(choice, dict):
-        named = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
-        if named not in names:
+        function = choice.get("function") if choice.get("type") == "function" else None
+        named = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(named, str) or named not in names:
             raise BadRequest(f"tool_choice names no tool of this request: {named!r}")
         choice = named
     elif choice not in ("auto", "none", "required"):
