@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +34,8 @@ from .bookmarks import Bookmark
 from .calls import ToolCall
 from .pages import Page, Turn
 from .text import TokenCounter, approx_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -358,9 +361,9 @@ SQLITE_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 )
 
 
-# SQLite's primary result codes for a store that cannot write now: busy (past the busy
-# timeout), read-only, I/O error, full, cannot open; the first and last two reopen the
-# connection before the next write (it may have been opened read-only)
+# SQLite's primary result codes for a store that cannot write now (busy past the busy
+# timeout, read-only, I/O error, full, cannot open), each with whether the connection is
+# opened again before its next use: read-only media made SQLite open it read-only
 SQLITE_FAULTS = {5: False, 8: True, 10: False, 13: False, 14: True}
 SQLITE_FAULT_MESSAGES = {"database is locked": False, "readonly": True, "disk i/o error": False, "disk is full": False, "unable to open": True}
 
@@ -406,9 +409,10 @@ class SQLiteStore(SQLStore):
         self._memory_locks_guard = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._reopen = False  # open the connection again before its next use
+        self._failing = False  # the last use raised StoreUnavailable
         try:
-            with self._faults():
-                self._db = self._connect()
+            with self._lock, self._faults():
+                self._connection()
         except StoreUnavailable:
             if not self.path.exists():  # nothing to wait for: a path no store can be made at
                 raise
@@ -437,7 +441,7 @@ class SQLiteStore(SQLStore):
             db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS)}")
 
     @contextmanager
-    def _faults(self) -> Iterator[None]:
+    def _faults(self, writes: bool = False) -> Iterator[None]:
         """SQLite errors that mean the store cannot write now, as StoreUnavailable."""
         try:
             yield
@@ -445,30 +449,45 @@ class SQLiteStore(SQLStore):
             fault, reopen = sqlite_fault(e)
             if fault is None:
                 raise
-            self._reopen = self._reopen or (reopen and str(self.path) != ":memory:")
-            raise fault from e
+            self._reopen = self._reopen or (reopen and self._file)
+            raise self._outage(fault) from e
+        if writes and self._failing:
+            log.warning("page store %s writes again", self.path)
+            self._failing = False
+
+    def _outage(self, fault: StoreUnavailable) -> StoreUnavailable:
+        if not self._failing:  # logged once per outage, not per request
+            log.warning("page store %s cannot write (%s); requests get HTTP 503 until it can", self.path, fault.reason)
+        self._failing = True
+        return fault
+
+    @property
+    def _file(self) -> bool:
+        return str(self.path) != ":memory:"
 
     def _connection(self) -> sqlite3.Connection:
-        """The connection (under `_lock`), opened again after a fault that asks for it."""
+        """The connection (under `_lock`), opened again after a fault that asks for it, and
+        while the file is read-only (SQLite then opens it read-only, and stays so)."""
         if self._db is None or self._reopen:
-            fresh = self._connect()
-            if self._db is not None:
+            if self._db is not None:  # first: a read-only connection keeps a new one from recovering the WAL
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
-            self._db, self._reopen = fresh, False
+                self._db = None
+            self._db = self._connect()
+            self._reopen = self._file and not os.access(self.path, os.W_OK)
         return self._db
 
     @contextmanager
     def _transaction(self, session_id=None) -> Iterator[sqlite3.Connection]:
         """One write transaction, committed (and fsynced) before the block's caller goes on."""
-        with self._lock, self._faults():
+        with self._lock, self._faults(writes=True):
             db = self._connection()
             try:
                 with _committed(db):
                     yield db
             finally:
                 if db.in_transaction:  # not even rolled back: start afresh
-                    self._reopen = str(self.path) != ":memory:"
+                    self._reopen = self._file
 
     def _read(self, sql, params=()):
         with self._lock, self._faults():
@@ -476,7 +495,7 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def hold(self, session_id, wait):
-        if str(self.path) == ":memory:":  # one process: a lock of its own
+        if not self._file:  # one process: a lock of its own
             with self._memory_locks_guard:
                 lock = self._memory_locks.setdefault(session_id, threading.Lock())
             if not lock.acquire(timeout=max(wait, 0)):
@@ -492,7 +511,7 @@ class SQLiteStore(SQLStore):
             folder.mkdir(exist_ok=True)
             fd = os.open(folder / hashlib.sha256(session_id.encode()).hexdigest()[:32], os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:  # read-only media, no room for the file
-            raise StoreUnavailable(f"the session's lock file: {e.strerror}") from e
+            raise self._outage(StoreUnavailable(f"the session's lock file: {e.strerror}")) from e
         try:
             deadline = time.monotonic() + wait
             while True:
