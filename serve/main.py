@@ -63,22 +63,10 @@ def build_parser():
         "--session-wait", type=float, default=5.0,
         help="seconds a request waits for a session another replica sharing the store is answering, then HTTP 503 with Retry-After (default 5)",
     )
-    g.add_argument(
-        "--session-idle-seconds", type=float, default=600,
-        help="a session unused this long leaves memory (its paging state and the engine's KV for it); the next request reopens it from the store (default 600)",
-    )
-    g.add_argument(
-        "--max-open-sessions", type=int, default=1000,
-        help="sessions held in memory at most; beyond, the least recently used leaves memory as an idle one does (default 1000)",
-    )
-    g.add_argument(
-        "--kv-host-mib", type=int, default=1024,
-        help="--engine hf: host memory for KV snapshots, one budget for all sessions together, least recently used chunks go first (MiB)",
-    )
-    g.add_argument(
-        "--kv-live-sessions", type=int, default=8,
-        help="--engine hf: sessions whose last prompt's whole KV stays on the device; the others restore from their snapshots (default 8)",
-    )
+    g.add_argument("--session-idle-seconds", type=float, default=600, help="a session unused this long leaves memory (reopened from the store when asked for; default 600)")
+    g.add_argument("--max-open-sessions", type=int, default=1000, help="sessions in memory at most: beyond, the least recently used leaves (default 1000)")
+    g.add_argument("--kv-host-mib", type=int, default=1024, help="--engine hf: host memory for KV snapshots, all sessions together, least recently used first out (MiB)")
+    g.add_argument("--kv-live-sessions", type=int, default=8, help="--engine hf: sessions keeping their last prompt's whole KV on the device (default 8)")
     return p
 
 
@@ -130,20 +118,26 @@ def paging_state(args, engine, tokenizer_count):
 class SessionMetrics:
     """The registry's sessions in memory and evictions so far, read when /metrics is."""
 
-    def __init__(self, sessions):
-        self.sessions = sessions
+    sessions = None  # the SessionRegistry served now
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        yield GaugeMetricFamily("paged_context_sessions_in_memory", "Sessions held in memory (the rest are in the store only)", value=len(self.sessions.used))
-        yield CounterMetricFamily("paged_context_sessions_evicted", "Sessions that left memory, idle or least recently used", value=self.sessions.evicted)
+        if self.sessions is not None:
+            yield GaugeMetricFamily("paged_context_sessions_in_memory", "Sessions held in memory (the rest are in the store only)", value=len(self.sessions.used))
+            yield CounterMetricFamily("paged_context_sessions_evicted", "Sessions that left memory, idle or least recently used", value=self.sessions.evicted)
+
+
+SESSION_METRICS = SessionMetrics()
 
 
 def register_metrics(sessions) -> None:
+    """Count `sessions` in /metrics (Prometheus' default registry; once per process)."""
     from prometheus_client import REGISTRY
 
-    REGISTRY.register(SessionMetrics(sessions))
+    if SESSION_METRICS.sessions is None:
+        REGISTRY.register(SESSION_METRICS)
+    SESSION_METRICS.sessions = sessions
 
 
 def install_routes(app, state) -> None:

@@ -37,8 +37,8 @@ def ask(server, session: str, text: str) -> dict:
 
 
 def converse(server, i: int) -> None:
-    """Session i: one turn, or two for odd i."""
-    for turn in range(1 + i % 2):
+    """Session i: one turn, or two for every fourth."""
+    for turn in range(1 + (i % 4 == 1)):
         ask(server, f"short-{i}", f"Session {i}, turn {turn}: what should I cook tonight?")
 
 

@@ -72,8 +72,16 @@ def test_an_existing_store_that_cannot_open_yet_opens_at_first_use(tmp_path, mon
         SQLiteStore(tmp_path / "nothing.db")
 
 
-def registry(store, forgotten, **limits) -> SessionRegistry:
-    return SessionRegistry(store, PagingConfig(), lambda text: len(text.split()), forget=forgotten.append, **limits)
+@pytest.fixture
+def store(tmp_path):
+    with SQLiteStore(tmp_path / "pages.db") as store:
+        yield store
+
+
+def registry(store, **limits) -> tuple[SessionRegistry, list[str]]:
+    """A registry over `store`, and the sessions whose engine state it has dropped."""
+    forgotten = []
+    return SessionRegistry(store, PagingConfig(), lambda text: len(text.split()), forget=forgotten.append, **limits), forgotten
 
 
 async def say(sessions: SessionRegistry, session_id: str, text: str) -> None:
@@ -81,72 +89,65 @@ async def say(sessions: SessionRegistry, session_id: str, text: str) -> None:
         await held.run(lambda: held.session.add_turn("user", text))
 
 
-def test_sessions_leave_memory_least_recently_used_first_and_reopen_from_the_store(tmp_path):
-    forgotten = []
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        sessions = registry(store, forgotten, max_open=2)
+def test_sessions_leave_memory_least_recently_used_first_and_reopen_from_the_store(store):
+    sessions, forgotten = registry(store, max_open=2)
 
-        async def run():
-            for name in "abc":
-                await say(sessions, name, f"hello from {name}")
-            assert forgotten == ["a"] and set(sessions.open) == {"b", "c"} and set(sessions.locks) == {"b", "c"}
-            await say(sessions, "b", "b again")  # b is the most recently used now
-            await say(sessions, "a", "a again")  # reopened from the store; c leaves
-            assert forgotten == ["a", "c"] and set(sessions.open) == {"a", "b"}
-            assert [t.text for t in sessions.open["a"].turns] == ["hello from a", "a again"]
+    async def run():
+        for name in "abc":
+            await say(sessions, name, f"hello from {name}")
+        assert forgotten == ["a"] and set(sessions.open) == {"b", "c"} and set(sessions.locks) == {"b", "c"}
+        await say(sessions, "b", "b again")  # b is the most recently used now
+        await say(sessions, "a", "a again")  # reopened from the store; c leaves
+        assert forgotten == ["a", "c"] and set(sessions.open) == {"a", "b"}
+        assert [t.text for t in sessions.open["a"].turns] == ["hello from a", "a again"]
 
-        asyncio.run(run())
-        assert sessions.evicted == 2
+    asyncio.run(run())
+    assert sessions.evicted == 2
 
 
-def test_a_session_in_use_never_leaves_memory(tmp_path):
-    forgotten = []
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        sessions = registry(store, forgotten, max_open=1, idle_seconds=0)
+def test_a_session_in_use_never_leaves_memory(store):
+    sessions, forgotten = registry(store, max_open=1, idle_seconds=0)
 
-        async def run():
-            async with sessions.writing("busy", None) as held:
-                await held.run(lambda: held.session.add_turn("user", "working"))
-                waiting = asyncio.create_task(say(sessions, "busy", "queued"))  # waits for the lock: in use too
-                await asyncio.sleep(0)
-                for name in ("x", "y"):
-                    await say(sessions, name, "hi")
-                assert "busy" in sessions.open and "busy" in sessions.locks and "busy" not in forgotten
-            await waiting
-            assert [t.text for t in sessions.open["busy"].turns] == ["working", "queued"]
-            assert "busy" in sessions.sweep() and not sessions.open  # idle now (idle_seconds=0)
-
-        asyncio.run(run())
-
-
-def test_idle_sessions_leave_memory_on_the_next_request(tmp_path):
-    forgotten = []
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        sessions = registry(store, forgotten, idle_seconds=600)
-
-        async def run():
-            for name in "ab":
+    async def run():
+        async with sessions.writing("busy", None) as held:
+            await held.run(lambda: held.session.add_turn("user", "working"))
+            waiting = asyncio.create_task(say(sessions, "busy", "queued"))  # waits for the lock: in use too
+            await asyncio.sleep(0)
+            for name in ("x", "y"):
                 await say(sessions, name, "hi")
-            assert sessions.sweep() == []
-            assert sessions.sweep(now=sessions.used["b"] + 601) == ["a", "b"]
-            assert not sessions.open and not sessions.used and forgotten == ["a", "b"]
+            assert "busy" in sessions.open and "busy" in sessions.locks and "busy" not in forgotten
+        await waiting
+        assert [t.text for t in sessions.open["busy"].turns] == ["working", "queued"]
+        assert "busy" in sessions.sweep() and not sessions.open  # idle now (idle_seconds=0)
 
-        asyncio.run(run())
+    asyncio.run(run())
 
 
-def test_a_request_failing_on_the_store_leaves_no_half_written_session(tmp_path):
-    with SQLiteStore(tmp_path / "pages.db") as store:
-        sessions = registry(store, [])
+def test_idle_sessions_leave_memory_on_the_next_request(store):
+    sessions, forgotten = registry(store, idle_seconds=600)
 
-        async def run():
-            await say(sessions, "s", "kept")
-            (pages,) = store._db.execute("PRAGMA page_count").fetchone()
-            store._db.execute(f"PRAGMA max_page_count = {pages}")
-            with pytest.raises(StoreUnavailable):
-                await say(sessions, "s", "lost " * 2000)
-            assert "s" not in sessions.open  # what it held may differ from the store
-            store._db.execute("PRAGMA max_page_count = 1000000")
-            await say(sessions, "s", "after")
-            assert [t.text for t in sessions.open["s"].turns] == ["kept", "after"]
+    async def run():
+        for name in "ab":
+            await say(sessions, name, "hi")
+        assert sessions.sweep() == []
+        assert sessions.sweep(now=sessions.used["b"] + 601) == ["a", "b"]
+        assert not sessions.open and not sessions.used and forgotten == ["a", "b"]
 
-        asyncio.run(run())
+    asyncio.run(run())
+
+
+def test_a_request_failing_on_the_store_leaves_no_half_written_session(store):
+    sessions, _ = registry(store)
+
+    async def run():
+        await say(sessions, "s", "kept")
+        (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreUnavailable):
+            await say(sessions, "s", "lost " * 2000)
+        assert "s" not in sessions.open  # what it held may differ from the store
+        store._db.execute("PRAGMA max_page_count = 1000000")
+        await say(sessions, "s", "after")
+        assert [t.text for t in sessions.open["s"].turns] == ["kept", "after"]
+
+    asyncio.run(run())
