@@ -25,7 +25,7 @@ from paged_context.calls import RECALL
 from paged_context.messages import BadRequest, Exchange, Tools, parse_tools, split_messages
 from paged_context.pages import Turn
 from paged_context.session import Request as PagingRequest
-from paged_context.store import SessionBusy
+from paged_context.store import SessionBusy, StoreUnavailable
 
 from .sessions import Forbidden, SessionRegistry, TooLarge, answered, session_id_for
 
@@ -185,7 +185,7 @@ async def chat_completions(raw: Request):
         return StreamingResponse(_stream(work, queue, block, name, include_usage), media_type="text/event-stream")
     try:
         reply = await _answer(job)
-    except (BadRequest, Forbidden, SessionBusy) as e:
+    except (BadRequest, Forbidden, SessionBusy, StoreUnavailable) as e:
         return _refusal(e, state)
     return JSONResponse(_completion(reply, block, name))
 
@@ -206,9 +206,10 @@ class Job:
 
 def _refusal(e: BaseException | None, state: PagingState) -> JSONResponse | None:
     """The HTTP error for what stopped a request before it was planned (None: not ours)."""
-    if isinstance(e, SessionBusy):
+    if isinstance(e, (SessionBusy, StoreUnavailable)):  # the answer was not stored: a retry asks again
         retry = max(1, math.ceil(state.sessions.wait))
-        response = error(503, f"session {e.session_id!r} is being answered by another replica; retry in {retry} s", "ServiceUnavailableError")
+        busy = f"session {e.session_id!r} is being answered by another replica" if isinstance(e, SessionBusy) else str(e)
+        response = error(503, f"{busy}; retry in {retry} s", "ServiceUnavailableError")
         response.headers["Retry-After"] = str(retry)
         return response
     if isinstance(e, Forbidden):
@@ -309,8 +310,9 @@ async def _stream(work: asyncio.Task, queue: asyncio.Queue, block, model: str, i
             if text:
                 yield chunk({"content": text})
         reply = work.result()
-    except BadRequest as e:
-        yield "data: " + json.dumps({"error": {"message": str(e), "type": "BadRequestError", "code": 400}}) + "\n\n"
+    except (BadRequest, StoreUnavailable) as e:  # the answer was not stored: a retry asks again
+        status, kind = (503, "ServiceUnavailableError") if isinstance(e, StoreUnavailable) else (400, "BadRequestError")
+        yield "data: " + json.dumps({"error": {"message": str(e), "type": kind, "code": status}}) + "\n\n"
         yield "data: [DONE]\n\n"
         return
     finally:
@@ -354,9 +356,11 @@ async def list_sessions(raw: Request):
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
+        return {"object": "list", "data": await asyncio.to_thread(state.sessions.list, owner)}
     except PermissionError:
         return unauthorized()
-    return {"object": "list", "data": await asyncio.to_thread(state.sessions.list, owner)}
+    except StoreUnavailable as e:
+        return _refusal(e, state)
 
 
 async def _on_session(raw: Request, session_id: str, action):
@@ -369,7 +373,7 @@ async def _on_session(raw: Request, session_id: str, action):
             return await held.run(action, state.sessions, held.session)
     except PermissionError:
         return unauthorized()
-    except (Forbidden, SessionBusy) as e:
+    except (Forbidden, SessionBusy, StoreUnavailable) as e:
         return _refusal(e, state)
     except KeyError as missing:  # a page the session does not have
         return error(404, missing.args[0], "NotFoundError")
