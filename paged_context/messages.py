@@ -91,7 +91,9 @@ def text_of(content: Any, where: str = "content") -> str:
 
 
 def _calls(message: dict, i: int) -> tuple[ToolCall, ...]:
-    calls = message.get("tool_calls") or []
+    calls = message.get("tool_calls")
+    if calls is None:
+        calls = []
     if not isinstance(calls, list):
         raise BadRequest(f"messages[{i}].tool_calls must be a list")
     out = []
@@ -173,7 +175,7 @@ def parse_tools(body: dict) -> Tools:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise BadRequest(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': {{...}}}}}}")
         name = function["name"]
-        if not TOOL_NAME.match(name):
+        if not TOOL_NAME.fullmatch(name):
             raise BadRequest(f"tools[{i}].function.name must be 1-64 letters, digits, _ or -, got {name!r}")
         if name == RECALL:
             raise BadRequest("recall is the paging server's own tool (it brings back evicted pages): give your tool another name")

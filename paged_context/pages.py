@@ -189,7 +189,7 @@ STRATEGIES = ("fixed_N", "exchange_N", "tokens_N", "topic_shift[_THRESHOLD]", "s
 
 def boundary(strategy: str, count_tokens: TokenCounter = approx_tokens) -> Boundary:
     """The rule named by a strategy string such as 'fixed_10' or 'topic_shift_0.2'."""
-    m = _STRATEGY.match(strategy)
+    m = _STRATEGY.fullmatch(strategy) if isinstance(strategy, str) else None
     if not m:
         raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} (N: a whole number of at most 9 digits, THRESHOLD: a decimal number such as 0.2)")
     kind, n, shift, threshold, session = m.groups()

@@ -13,6 +13,7 @@ from transformers import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
 from paged_context.calls import CallGrammar, CallSyntax
+from paged_context.messages import BadRequest
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,12 +68,17 @@ def _compiler(tokenizer, vocab_size: int):
 
 def schema_constraint(tokenizer, vocab_size: int, schema: dict) -> LogitsProcessor | None:
     """A processor that keeps the output valid JSON for `schema` (xgrammar, the library
-    vLLM uses for structured outputs); None without xgrammar, and the model writes freely."""
+    vLLM uses for structured outputs); None without xgrammar, and the model writes freely.
+    A schema xgrammar cannot compile is the client's mistake (a BadRequest)."""
     try:
         from xgrammar.contrib.hf import LogitsProcessor as GrammarProcessor
     except ImportError:
         return None
-    return GrammarProcessor(_compiler(tokenizer, vocab_size).compile_json_schema(json.dumps(schema), any_whitespace=False))
+    try:
+        grammar = _compiler(tokenizer, vocab_size).compile_json_schema(json.dumps(schema), any_whitespace=False)
+    except (RuntimeError, ValueError) as e:
+        raise BadRequest(f"the forced call's parameters are not a JSON schema the engine can follow: {str(e)[-300:]}") from None
+    return GrammarProcessor(grammar)
 
 
 class AnswerStream(BaseStreamer):

@@ -13,6 +13,7 @@ import uuid
 from typing import Callable
 
 from paged_context.answering import Generated, Round
+from paged_context.messages import BadRequest
 from paged_context.session import Message, PagedSession
 from paged_context.templates import CallParser, ChatTemplate
 
@@ -43,6 +44,7 @@ class VLLMEngine:
 
     async def generate(self, round_: Round, session: PagedSession, on_text: Callable[[str], None] | None = None) -> Generated:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import StructuredOutputsParams
 
         sampling, recall = round_.sampling, round_.recall
@@ -71,14 +73,19 @@ class VLLMEngine:
         # document, the same system prompt), and no timing side channel crosses tenants
         prompt = {"prompt_token_ids": round_.prompt, "cache_salt": hashlib.sha256(repr(session.owner).encode()).hexdigest()[:16]}
         text, cached, generated, truncated = "", 0, 0, False
-        async for out in self.client().generate(prompt, params, request_id=f"paged-{uuid.uuid4().hex}"):
-            completion = out.outputs[0]
-            text, cached, generated = completion.text, out.num_cached_tokens or 0, len(completion.token_ids)
-            truncated = completion.finish_reason == "length"
-            if completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str) and not params.skip_special_tokens:
-                text = self._without_end(text, completion.token_ids)
-            if on_text is not None:
-                on_text(text)
+        try:
+            async for out in self.client().generate(prompt, params, request_id=f"paged-{uuid.uuid4().hex}"):
+                completion = out.outputs[0]
+                text, cached, generated = completion.text, out.num_cached_tokens or 0, len(completion.token_ids)
+                truncated = completion.finish_reason == "length"
+                if completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str) and not params.skip_special_tokens:
+                    text = self._without_end(text, completion.token_ids)
+                if on_text is not None:
+                    on_text(text)
+        except (ValueError, VLLMClientError) as e:  # vLLM refused the request: the client's mistake
+            if round_.schema is not None:
+                raise BadRequest(f"the forced call's parameters are not a JSON schema the engine can follow: {str(e)[-300:]}") from None
+            raise BadRequest(str(e)) from None
         return Generated(text, generated, cached, truncated)
 
     def _without_end(self, text: str, token_ids) -> str:

@@ -141,12 +141,15 @@ def register_metrics(sessions) -> None:
 
 
 def install_routes(app, state) -> None:
-    """Our routes replace vLLM's for the same paths; everything else stays vLLM's."""
+    """Our routes replace vLLM's for the same paths; everything else stays vLLM's. The
+    app's /openapi.json describes ours beside its own."""
+    from . import openapi
     from .routes import router
 
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in PAGING_ROUTES]
     app.include_router(router)
     app.state.paging = state
+    openapi.install(app, state)
 
 
 # what a chat template writes around a call -> vLLM's parser for that family
@@ -197,6 +200,8 @@ def serve_hf(args) -> None:
 
     from paged_context.patches.hf_engine import AsyncHFEngine, HFEngine
 
+    from .routes import install_error_handlers
+
     engine = AsyncHFEngine(HFEngine(args.model, kv_host_limit_bytes=args.kv_host_mib << 20, kv_live_sessions=args.kv_live_sessions))
     state = paging_state(args, engine, engine.count_tokens)
 
@@ -218,6 +223,7 @@ def serve_hf(args) -> None:
 
     app.mount("/metrics", make_asgi_app())
     install_routes(app, state)
+    install_error_handlers(app)
     uvicorn.run(app, host=args.host or "127.0.0.1", port=args.port, log_level="warning")
 
 

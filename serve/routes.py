@@ -3,7 +3,8 @@ paging, and the session API under `/paging/sessions`. Everything else (`/v1/mode
 `/health`, `/metrics`, ...) is vLLM's own, or, with `--engine hf`, the minimal set in
 `hf_app`.
 
-Errors use OpenAI's JSON shape, `{"error": {"message", "type", "code"}}`."""
+Errors use OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`; the
+routes are described in `openapi.py` (served at `/openapi.json`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,9 +30,10 @@ from paged_context.pages import Turn
 from paged_context.session import Request as PagingRequest
 from paged_context.store import SessionBusy, StoreUnavailable
 
-from .sessions import Forbidden, SessionRegistry, TooLarge, answered, session_id_for
+from .sessions import SESSION_ID, Forbidden, SessionRegistry, TooLarge, answered, session_id_for
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # described in openapi.py
+log = logging.getLogger(__name__)
 FLAGS = ("expose_recall", "return_prompt")  # the request's paged_context switches
 
 PAGES_EVICTED = Counter("paged_context_pages_evicted", "Pages evicted by the controller")
@@ -74,34 +78,74 @@ def owner_of(raw: Request, state: PagingState) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def install_error_handlers(app) -> None:
+    """Errors raised outside our handlers (an unknown path, a wrong method, a path
+    parameter FastAPI checks, a bug) in the same JSON shape: for `--engine hf`'s app
+    (vLLM's app has its own handlers, in this shape too)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(raw: Request, e: HTTPException):
+        response = error(e.status_code, str(e.detail) or "error", "NotFoundError" if e.status_code == 404 else "BadRequestError")
+        response.headers.update(e.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(raw: Request, e: RequestValidationError):
+        return error(400, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()[:5]) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def crashed(raw: Request, e: Exception):
+        log.error("%s %s failed", raw.method, raw.url.path, exc_info=e)
+        return error(500, f"internal error: {type(e).__name__}", "InternalServerError")
+
+
 def _number(body: dict, name: str, default, low, high, integer: bool = False):
     value = body.get(name, default)
     if value is None:
         return default
+    if integer and isinstance(value, float) and value.is_integer() and low <= value <= high:
+        value = int(value)  # 16.0 is the integer 16 in JSON
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
         raise BadRequest(f"{name} must be {'an integer' if integer else 'a number'} between {low} and {high}, got {value!r}")
     return value
 
 
-def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penalty: float) -> Sampling:
-    if body.get("n", 1) != 1:
+def parse_logit_bias(bias, vocab: int) -> dict[int, float] | None:
+    """OpenAI's logit_bias: token ids (as strings, JSON's keys) -> amounts in [-100, 100]."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise BadRequest("logit_bias must map token ids to numbers")
+    out = {}
+    for token, value in bias.items():
+        if not (token.isascii() and token.isdigit()) or isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise BadRequest(f"logit_bias must map token ids to numbers between -100 and 100, got {token[:40]!r}: {str(value)[:40]}")
+        if len(token) > 9 or int(token) >= vocab:
+            raise BadRequest(f"logit_bias token ids must be below {vocab} (the tokenizer's vocabulary), got {token[:40]}")
+        out[int(token)] = float(value)
+    return out or None
+
+
+def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penalty: float, vocab: int, window: int) -> Sampling:
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequest("n must be 1")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    bias = body.get("logit_bias")
-    if bias is not None:
-        try:
-            bias = {int(token): float(value) for token, value in bias.items()}
-        except (AttributeError, TypeError, ValueError):
-            raise BadRequest("logit_bias must map token ids to numbers") from None
-        if not all(-100 <= v <= 100 and t >= 0 for t, v in bias.items()):
-            raise BadRequest("logit_bias values must be between -100 and 100, keys token ids")
+    # max_completion_tokens is OpenAI's newer name; both are checked, it wins when both are given
+    longest = default_max_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        asked = _number(body, name, None, 1, 1 << 20, integer=True)
+        longest = longest if asked is None else asked
+        if asked is not None and asked > window // 2:
+            raise BadRequest(f"{name}={asked} leaves too little of the model's window ({window} tokens) for the conversation; at most {window // 2}")
     return Sampling(
-        max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", default_max_tokens, 1, 1 << 20, integer=True),
+        max_tokens=longest,
         temperature=float(_number(body, "temperature", 0.0, 0.0, 2.0)),
         top_p=float(_number(body, "top_p", 1.0, 1e-6, 1.0)),
         seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True),
-        logit_bias=bias or None,
+        logit_bias=parse_logit_bias(body.get("logit_bias"), vocab),
         repetition_penalty=float(_number(body, "repetition_penalty", default_repetition_penalty, 0.5, 2.0)),
     )
 
@@ -114,14 +158,40 @@ async def read_body(raw: Request, state: PagingState) -> dict:
     if len(data) > state.max_request_bytes:
         raise TooLarge(f"request body over {state.max_request_bytes} bytes")
     try:
-        body = json.loads(data)
+        text = data.decode()  # JSON is UTF-8 (RFC 8259); json.loads would guess UTF-16 or 32 too
+        body = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
     except RecursionError:  # thousands of nested arrays: Python's parser gives up
         raise BadRequest("the request body nests JSON too deeply") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise BadRequest(f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if ESCAPES.search(text) and _bad_string(body):
+        raise BadRequest("strings in the request must not contain NUL characters (\\u0000) or unpaired surrogates (\\ud800-\\udfff): they cannot be stored")
     return body
+
+
+ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # how JSON writes what `_bad_string` looks for
+BAD_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bad_string(value) -> bool:
+    """Whether a NUL or an unpaired surrogate is in a string of `value` (a key, too):
+    PostgreSQL's text has no NUL, UTF-8 no surrogates."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if BAD_CHARACTERS.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 @router.post("/v1/chat/completions")
@@ -138,18 +208,25 @@ async def chat_completions(raw: Request):
             raise BadRequest("messages must be a list of message objects")
         exchange = split_messages(messages)
         tools = parse_tools(body)
-        sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty)
+        sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty, len(state.engine.template.tokenizer), state.engine.window)
         if sampling.max_tokens > state.engine.window // 2:
             raise BadRequest(f"max_tokens={sampling.max_tokens} leaves too little of the model's window ({state.engine.window} tokens) for the conversation; at most {state.engine.window // 2}")
         user = body.get("user")
         if user is not None and not isinstance(user, str):
             raise BadRequest("user must be a string")
         session_id = session_id_for(raw.headers.get("x-session-id"), user, exchange, owner)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
+        stream = body.get("stream")
+        if not isinstance(stream, (bool, type(None))):
             raise BadRequest("stream must be true or false")
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
-        options = body.get("paged_context") or {}
+        stream_options = body.get("stream_options")
+        if stream_options is None:
+            stream_options = {}
+        if not isinstance(stream_options, dict) or not isinstance(stream_options.get("include_usage"), (bool, type(None))):
+            raise BadRequest("stream_options must be an object, its include_usage true or false")
+        include_usage = bool(stream and stream_options.get("include_usage"))
+        options = body.get("paged_context")
+        if options is None:
+            options = {}
         if not isinstance(options, dict):
             raise BadRequest("paged_context must be an object")
         unknown = sorted(set(options) - {*FLAGS, "paging"})
@@ -310,10 +387,15 @@ async def _stream(work: asyncio.Task, queue: asyncio.Queue, block, model: str, i
             if text:
                 yield chunk({"content": text})
         reply = work.result()
-    except (BadRequest, StoreUnavailable) as e:  # the answer was not stored: a retry asks again
-        status, kind = (503, "ServiceUnavailableError") if isinstance(e, StoreUnavailable) else (400, "BadRequestError")
-        yield "data: " + json.dumps({"error": {"message": str(e), "type": kind, "code": status}}) + "\n\n"
-        yield "data: [DONE]\n\n"
+    except BadRequest as e:
+        yield _error_event(400, str(e), "BadRequestError")
+        return
+    except StoreUnavailable as e:  # the answer was not stored: a retry asks again
+        yield _error_event(503, str(e), "ServiceUnavailableError")
+        return
+    except Exception as e:  # noqa: BLE001 (the engine failed mid-answer: the stream ends with an error, not a broken connection)
+        log.error("a streamed answer failed", exc_info=e)
+        yield _error_event(500, f"internal error: {type(e).__name__}", "InternalServerError")
         return
     finally:
         if not work.done():  # the client went away: finish the turn anyway, it is stored
@@ -326,6 +408,10 @@ async def _stream(work: asyncio.Task, queue: asyncio.Queue, block, model: str, i
     if include_usage:
         yield chunk(None, usage=_usage(reply))
     yield "data: [DONE]\n\n"
+
+
+def _error_event(status: int, message: str, kind: str) -> str:
+    return "data: " + json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}) + "\n\ndata: [DONE]\n\n"
 
 
 # --- session API ---------------------------------------------------------------------
@@ -369,6 +455,8 @@ async def _on_session(raw: Request, session_id: str, action):
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
+        if not SESSION_ID.fullmatch(session_id):  # no such session can exist: the store is not asked
+            raise Forbidden(session_id)
         async with state.sessions.writing(session_id, owner, create=False) as held:
             return await held.run(action, state.sessions, held.session)
     except PermissionError:
@@ -379,12 +467,21 @@ async def _on_session(raw: Request, session_id: str, action):
         return error(404, missing.args[0], "NotFoundError")
 
 
-@router.get("/paging/sessions/{session_id}")
+# one route per path, so that a 405 lists in `Allow` every method the path has
+@router.api_route("/paging/sessions/{session_id}", methods=["GET", "DELETE"])
+async def session_route(session_id: str, raw: Request):
+    return await (get_session if raw.method == "GET" else delete_session)(session_id, raw)
+
+
+@router.api_route("/paging/sessions/{session_id}/pages/{page_id}/pin", methods=["POST", "DELETE"])
+async def pin_route(session_id: str, page_id: int, raw: Request):
+    return await (pin_page if raw.method == "POST" else unpin_page)(session_id, page_id, raw)
+
+
 async def get_session(session_id: str, raw: Request):
     return await _on_session(raw, session_id, lambda sessions, session: _session_view(session))
 
 
-@router.delete("/paging/sessions/{session_id}")
 async def delete_session(session_id: str, raw: Request):
     def delete(sessions, session):
         sessions.drop(session.id, session.owner)
@@ -397,12 +494,10 @@ async def delete_session(session_id: str, raw: Request):
     return done
 
 
-@router.post("/paging/sessions/{session_id}/pages/{page_id}/pin")
 async def pin_page(session_id: str, page_id: int, raw: Request):
     return await _on_session(raw, session_id, lambda sessions, session: _pin(session, page_id, True))
 
 
-@router.delete("/paging/sessions/{session_id}/pages/{page_id}/pin")
 async def unpin_page(session_id: str, page_id: int, raw: Request):
     return await _on_session(raw, session_id, lambda sessions, session: _pin(session, page_id, False))
 

@@ -39,7 +39,7 @@ class Forbidden(LookupError):
 def session_id_for(header: str | None, user: str | None, exchange: Exchange, key: str | None) -> str:
     if header is not None or user:
         name = header if header is not None else user
-        if not SESSION_ID.match(name):
+        if not SESSION_ID.fullmatch(name):
             raise BadRequest("a session id is 1-128 characters of letters, digits and . _ : @ -")
         return name
     # a stateless client resends the same opening every time; two conversations that
