@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Collection, Sequence
 
 RECALL = "recall"
+# what reading JSON text raises: malformed text, nesting too deep for the parser, or an
+# integer too long to convert (ValueError)
+UNREADABLE = (ValueError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class CallSyntax:
             return f"{tool}({arguments})"
         try:
             json.loads(arguments)
-        except json.JSONDecodeError:
+        except UNREADABLE:
             arguments = json.dumps(arguments)  # keeps the block parseable; the text survives as a string
         return f'<tool_call>\n{{"name": {json.dumps(tool)}, "arguments": {arguments}}}\n</tool_call>'
 
@@ -81,7 +84,7 @@ class CallSyntax:
             return body.strip()
         try:  # Hermes wraps the arguments in {"name": ..., "arguments": ...}
             payload = json.loads(body)
-        except json.JSONDecodeError:
+        except UNREADABLE:
             return body.strip()
         if not isinstance(payload, dict) or payload.get("name") != "recall":
             return json.dumps({"unexpected": "a tool call that is not recall"})
@@ -121,9 +124,9 @@ def _bare_call(text: str, tools: Collection[str]) -> ToolCall | None:
         body = body[fence.end() :]
     try:
         payload, _ = _JSON.raw_decode(body)
-    except (json.JSONDecodeError, RecursionError):
+    except UNREADABLE:
         return None
-    if not isinstance(payload, dict) or set(payload) != {"name", "arguments"} or payload["name"] not in tools:
+    if not isinstance(payload, dict) or set(payload) != {"name", "arguments"} or not isinstance(payload["name"], str) or payload["name"] not in tools:
         return None
     arguments = payload["arguments"]
     return ToolCall(payload["name"], arguments if isinstance(arguments, str) else json.dumps(arguments))
@@ -146,7 +149,7 @@ def _next_call(syntax: CallSyntax, text: str, at: int, tools: Collection[str]) -
         body = text[body_start : len(text) if close < 0 else close].strip()
         try:
             payload = json.loads(body)
-        except json.JSONDecodeError:
+        except UNREADABLE:
             named, given = _NAME.search(body), _ARGUMENTS.search(body)
             return start, end, ToolCall(named.group(1) if named else "", _loose_arguments(body[given.end() :]) if given else body)
         if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
@@ -161,7 +164,7 @@ def _next_call(syntax: CallSyntax, text: str, at: int, tools: Collection[str]) -
     stripped = rest.lstrip()
     try:
         _, length = _JSON.raw_decode(stripped)
-    except json.JSONDecodeError:
+    except UNREADABLE:
         close = rest.find(")")
         arguments = rest if close < 0 else rest[:close]
         end = len(text) if close < 0 else body_start + close + 1
@@ -183,7 +186,7 @@ def _loose_arguments(rest: str) -> str:
         try:
             json.loads(candidate)
             return candidate
-        except json.JSONDecodeError:
+        except UNREADABLE:
             pass
     return rest
 

@@ -112,6 +112,8 @@ def split_messages(messages: list[dict]) -> Exchange:
     back. System and developer messages are instructions, not turns: they are not paged.
     Recall calls and their tool messages are paging mechanics, not conversation; recall
     calls after the last turn are served before the model answers."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("messages must be a list of message objects")
     if not messages:
         raise BadRequest("messages must not be empty")
     turns: list[ChatTurn] = []
@@ -160,6 +162,8 @@ def split_messages(messages: list[dict]) -> Exchange:
 
 def parse_tools(body: dict) -> Tools:
     """The request's `tools`, `tool_choice` and `parallel_tool_calls`, checked."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
     tools = body.get("tools")
     if tools is None:
         tools = []

@@ -182,7 +182,7 @@ def token_budget(n: int, count_tokens: TokenCounter) -> Boundary:
     return lambda page, atom: sum(count_tokens(t.render()) for t in page + atom) > n
 
 
-_STRATEGY = re.compile(r"(fixed|exchange|tokens)_([0-9]+)|(topic_shift)(?:_([0-9]+(?:\.[0-9]+)?))?|(session)")  # whole strings
+_STRATEGY = re.compile(r"^(fixed|exchange|tokens)_([0-9]{1,9})$|^(topic_shift)(?:_([0-9]*\.?[0-9]+))?$|^(session)$")
 
 STRATEGIES = ("fixed_N", "exchange_N", "tokens_N", "topic_shift[_THRESHOLD]", "session")
 
@@ -191,7 +191,7 @@ def boundary(strategy: str, count_tokens: TokenCounter = approx_tokens) -> Bound
     """The rule named by a strategy string such as 'fixed_10' or 'topic_shift_0.2'."""
     m = _STRATEGY.fullmatch(strategy) if isinstance(strategy, str) else None
     if not m:
-        raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} (N: a whole number of at most 9 digits, THRESHOLD: a decimal number such as 0.2)")
     kind, n, shift, threshold, session = m.groups()
     if session:
         return by_session()

@@ -9,6 +9,7 @@ from .controller import Controller, LearnedPolicy
 from .policies import POLICIES, Policy, RandomPolicy
 
 NAMES = (*POLICIES, LearnedPolicy.name)
+ONLINE = tuple(n for n in NAMES if n not in POLICIES or not POLICIES[n].offline)  # a live session has no future to read
 
 
 def make_policy(name: str, seed: int = 0, controller=None, shortlist: int | None = None) -> Policy:

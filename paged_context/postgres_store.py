@@ -27,7 +27,7 @@ from typing import Iterator
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .store import SessionBusy, SQLStore, pending_migrations
+from .store import SessionBusy, SQLStore, StoreUnavailable, pending_migrations
 from .text import TokenCounter, approx_tokens
 
 DEFAULT_POOL_SIZE = 16
@@ -130,20 +130,20 @@ class PostgresStore(SQLStore):
     def _transaction(self, session_id=None) -> Iterator[psycopg.Connection]:
         held = self._held_by_this_thread().get(session_id)
         if held is not None:  # this thread holds the session: write on the lock's connection
-            with held.transaction():
+            with _faults(), held.transaction():
                 yield held
             return
-        with self._pool.connection() as conn, conn.transaction():
+        with _faults(), self._pool.connection() as conn, conn.transaction():
             yield conn
 
     def _read(self, sql, params=()):
-        with self._pool.connection() as conn:
+        with _faults(), self._pool.connection() as conn:
             return conn.execute(self._sql(sql), params).fetchall()
 
     @contextmanager
     def hold(self, session_id, wait):
         key = lock_key("session", session_id)
-        with self._pool.connection() as conn:
+        with _faults(), self._pool.connection() as conn:
             deadline = time.monotonic() + wait
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                 if time.monotonic() >= deadline:
@@ -162,6 +162,16 @@ class PostgresStore(SQLStore):
 
     def close(self):
         self._pool.close()
+
+
+@contextmanager
+def _faults() -> Iterator[None]:
+    """psycopg's errors for a database that cannot write now (out of reach, a full disk,
+    a read-only server, no pooled connection in time), as StoreUnavailable."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as e:
+        raise StoreUnavailable((str(e).strip().splitlines() or [type(e).__name__])[0]) from e
 
 
 def _redacted(url: str) -> str:

@@ -92,6 +92,8 @@ def parse_recall_arguments(
             raise RecallError(f"recall error: the arguments are not valid JSON ({e.msg} at character {e.pos}). {example}") from None
         except RecursionError:
             raise RecallError(f"recall error: the arguments nest too deeply. {example}") from None
+        except ValueError:  # an integer of thousands of digits
+            raise RecallError(f"recall error: the arguments hold a number too long to read. {example}") from None
     if not isinstance(arguments, Mapping):
         raise RecallError(f"recall error: the arguments must be a JSON object, got {_kind(arguments)}. {example}")
     extra = sorted(set(arguments) - {"page_ids"})

@@ -50,7 +50,7 @@ from .controller import SHORTLIST, WithPrefetch
 from .matching import PageMatcher
 from .pages import Page, Segmenter, Turn, atoms, boundary, split_long
 from .policies import Policy, ResidentSet
-from .policy_registry import NAMES as POLICY_NAMES, make_policy
+from .policy_registry import NAMES as POLICY_NAMES, ONLINE as ONLINE_POLICIES, make_policy
 from .recall import MAX_RECALL_IDS, RECALL_INSTRUCTION, RecallError, parse_recall_arguments, ranges, render_recall, show_runs
 from .store import PageStore
 from .text import TokenCounter, approx_tokens
@@ -58,7 +58,7 @@ from .text import TokenCounter, approx_tokens
 
 MAX_CALL_CHARS = 300
 DROPPED = "[shown earlier and dropped: pages"
-_INT_RANGES = {"part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100)}
+_INT_RANGES = {"part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100), "max_recall_ids": (1, 1000)}
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,9 @@ class PagingConfig:
         boundary(config.boundary)
         if config.keywords not in keywords.names():
             raise ValueError(f"unknown keyword strategy {config.keywords!r}; available: {', '.join(keywords.names())}")
-        if config.policy not in POLICY_NAMES:  # by name: validating must not load the controller per request
-            raise ValueError(f"unknown policy {config.policy!r}; available: {', '.join(POLICY_NAMES)}")
+        if config.policy not in ONLINE_POLICIES:  # by name: validating must not load the controller per request
+            what = f"policy {config.policy!r} is offline (it needs the future accesses)" if config.policy in POLICY_NAMES else f"unknown policy {config.policy!r}"
+            raise ValueError(f"{what}; available: {', '.join(ONLINE_POLICIES)}")
         return config
 
     def to_json(self) -> str:

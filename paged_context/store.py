@@ -15,9 +15,11 @@ its data intact.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -32,6 +34,8 @@ from .bookmarks import Bookmark
 from .calls import ToolCall
 from .pages import Page, Turn
 from .text import TokenCounter, approx_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,17 @@ class SessionBusy(RuntimeError):
     def __init__(self, session_id: str, waited: float):
         super().__init__(f"session {session_id!r} is being answered elsewhere; still busy after {waited:g} s")
         self.session_id, self.waited = session_id, waited
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot write now: a read-only database or file system, a full disk, a
+    database server out of reach. The write did not happen (its transaction was rolled
+    back) and what was written before is intact; the same write succeeds once the store
+    can write again. The server answers HTTP 503 with Retry-After."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the page store cannot write: {reason}")
+        self.reason = reason
 
 
 class PageStore(ABC):
@@ -346,8 +361,44 @@ SQLITE_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 )
 
 
+# SQLite's primary result codes for a store that cannot write now (busy past the busy
+# timeout, read-only, I/O error, full, cannot open), each with whether the connection is
+# opened again before its next use: read-only media made SQLite open it read-only
+SQLITE_FAULTS = {5: False, 8: True, 10: False, 13: False, 14: True}
+SQLITE_FAULT_MESSAGES = {"database is locked": False, "readonly": True, "disk i/o error": False, "disk is full": False, "unable to open": True}
+
+
+def sqlite_fault(e: sqlite3.Error) -> tuple[StoreUnavailable | None, bool]:
+    """The StoreUnavailable a SQLite error means (None: another error), and whether the
+    connection should be opened again. Python before 3.11 gives no result code: the message."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        reopen = SQLITE_FAULTS.get(code & 0xFF)
+    else:
+        reopen = next((again for words, again in SQLITE_FAULT_MESSAGES.items() if words in str(e).lower()), None)
+    return (None, False) if reopen is None else (StoreUnavailable(str(e)), reopen)
+
+
+@contextmanager
+def _committed(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on `db`, committed (and fsynced) when the block ends, rolled
+    back when it raises (or when COMMIT fails: SQLite may have rolled back a full disk's
+    transaction itself)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
 class SQLiteStore(SQLStore):
-    """One SQLite file; safe to share between threads of one process."""
+    """One SQLite file; safe to share between threads of one process. Its write errors
+    that mean it cannot write now (read-only, full, I/O) raise StoreUnavailable; an
+    existing file that cannot be opened at start (read-only media) is opened at first use."""
 
     def __init__(self, path: str | Path, count_tokens: TokenCounter = approx_tokens):
         self.path = Path(path)
@@ -356,42 +407,95 @@ class SQLiteStore(SQLStore):
         self._lock = threading.Lock()
         self._memory_locks: dict[str, threading.Lock] = {}
         self._memory_locks_guard = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._migrate()
+        self._db: sqlite3.Connection | None = None
+        self._reopen = False  # open the connection again before its next use
+        self._failing = False  # the last use raised StoreUnavailable
+        try:
+            with self._lock, self._faults():
+                self._connection()
+        except StoreUnavailable:
+            if not self.path.exists():  # nothing to wait for: a path no store can be made at
+                raise
 
-    def _migrate(self) -> None:
-        (applied,) = self._db.execute("PRAGMA user_version").fetchone()
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=10000")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        (applied,) = db.execute("PRAGMA user_version").fetchone()
         if applied == len(SQLITE_MIGRATIONS):
             return
-        with self._transaction() as db:
+        with _committed(db):
             (applied,) = db.execute("PRAGMA user_version").fetchone()  # another opener may have migrated meanwhile
             for migration in pending_migrations(applied, SQLITE_MIGRATIONS, str(self.path)):
                 migration(db)
             db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS)}")
 
     @contextmanager
+    def _faults(self, writes: bool = False) -> Iterator[None]:
+        """SQLite errors that mean the store cannot write now, as StoreUnavailable."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            fault, reopen = sqlite_fault(e)
+            if fault is None:
+                raise
+            self._reopen = self._reopen or (reopen and self._file)
+            raise self._outage(fault) from e
+        if writes and self._failing:
+            log.warning("page store %s writes again", self.path)
+            self._failing = False
+
+    def _outage(self, fault: StoreUnavailable) -> StoreUnavailable:
+        if not self._failing:  # logged once per outage, not per request
+            log.warning("page store %s cannot write (%s); requests get HTTP 503 until it can", self.path, fault.reason)
+        self._failing = True
+        return fault
+
+    @property
+    def _file(self) -> bool:
+        return str(self.path) != ":memory:"
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection (under `_lock`), opened again after a fault that asks for it, and
+        while the file is read-only (SQLite then opens it read-only, and stays so)."""
+        if self._db is None or self._reopen:
+            if self._db is not None:  # first: a read-only connection keeps a new one from recovering the WAL
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+            self._db = self._connect()
+            self._reopen = self._file and not os.access(self.path, os.W_OK)
+        return self._db
+
+    @contextmanager
     def _transaction(self, session_id=None) -> Iterator[sqlite3.Connection]:
         """One write transaction, committed (and fsynced) before the block's caller goes on."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock, self._faults(writes=True):
+            db = self._connection()
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                with _committed(db):
+                    yield db
+            finally:
+                if db.in_transaction:  # not even rolled back: start afresh
+                    self._reopen = self._file
 
     def _read(self, sql, params=()):
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        with self._lock, self._faults():
+            return self._connection().execute(sql, params).fetchall()
 
     @contextmanager
     def hold(self, session_id, wait):
-        if str(self.path) == ":memory:":  # one process: a lock of its own
+        if not self._file:  # one process: a lock of its own
             with self._memory_locks_guard:
                 lock = self._memory_locks.setdefault(session_id, threading.Lock())
             if not lock.acquire(timeout=max(wait, 0)):
@@ -403,8 +507,11 @@ class SQLiteStore(SQLStore):
             return
         # a lock file per session beside the database, for servers sharing the file
         folder = self.path.parent / f"{self.path.name}.locks"
-        folder.mkdir(exist_ok=True)
-        fd = os.open(folder / hashlib.sha256(session_id.encode()).hexdigest()[:32], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            folder.mkdir(exist_ok=True)
+            fd = os.open(folder / hashlib.sha256(session_id.encode()).hexdigest()[:32], os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:  # read-only media, no room for the file
+            raise self._outage(StoreUnavailable(f"the session's lock file: {e.strerror}")) from e
         try:
             deadline = time.monotonic() + wait
             while True:
@@ -421,4 +528,5 @@ class SQLiteStore(SQLStore):
 
     def close(self):
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()

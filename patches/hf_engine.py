@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -37,10 +38,15 @@ class HFEngine:
         max_recall_rounds: int = 2,
         kv_host_limit_bytes: int | None = 1 << 30,
         kv_repair_tokens: int = 0,
+        kv_live_sessions: int = 8,
     ):
         """`max_new_tokens`, `repetition_penalty`: the sampling defaults of `reply`.
         `kv_mode` and `kv_repair_tokens` are each session's `KVCacheManager` mode and
-        `repair_tokens`."""
+        `repair_tokens`. `kv_host_limit_bytes`: the host pool of KV snapshots, one budget
+        for every session. `kv_live_sessions`: the sessions whose last prompt's whole KV
+        stays on the device (the rest restore from their snapshots and recompute the tail)."""
+        if kv_live_sessions < 1:
+            raise ValueError(f"kv_live_sessions must be at least 1, got {kv_live_sessions}")
         from paged_context.models.default_model import resolve
 
         self.path = resolve(model)
@@ -55,6 +61,8 @@ class HFEngine:
         self.max_recall_rounds = max_recall_rounds
         self.kv_pool = HostKVPool(self.device, kv_host_limit_bytes)  # all sessions' snapshots; the least recently used go first
         self.caches: dict[str, KVCacheManager] = {}
+        self.kv_live_sessions = kv_live_sessions
+        self.live: OrderedDict[str, KVCacheManager] = OrderedDict()  # sessions with a live cache, least recently used first
 
     def count_tokens(self, text: str) -> int:
         return self.template.count_tokens(text)
@@ -63,7 +71,8 @@ class HFEngine:
         return PagedSession(session_id, config, store, self.count_tokens, **kw)
 
     def forget(self, session_id: str) -> None:
-        """Drop a session's KV (a deleted session): its live cache and its snapshots."""
+        """Drop a session's KV (a deleted session, or one that left memory): its live cache and its snapshots."""
+        self.live.pop(session_id, None)
         if (kv := self.caches.pop(session_id, None)) is not None:
             kv.close()
 
@@ -149,6 +158,10 @@ class HFEngine:
                 pad_token_id=self.tokenizer.eos_token_id,
             )
         kv.remember(ids, cache, boundaries)
+        self.live[session.id] = kv
+        self.live.move_to_end(session.id)
+        while len(self.live) > self.kv_live_sessions:  # device memory stays bounded however many sessions are open
+            self.live.popitem(last=False)[1].drop_live()
         generated = out[0, len(ids) :].tolist()
         truncated = len(generated) >= sampling.max_tokens and generated[-1] != self.tokenizer.eos_token_id
         return Generated(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), reused, truncated)

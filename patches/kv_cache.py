@@ -258,11 +258,15 @@ class KVCacheManager:
         chunks = self.pool.chunks(self.owner)
         return replace(self._stats, host_bytes=sum(c.nbytes for c in chunks), chunks=len(chunks), pool=self.pool.stats())
 
+    def drop_live(self) -> None:
+        """Free the live cache; the snapshots in the pool stay, and restore what they hold."""
+        self.live = None
+        self._stats.device_bytes = 0
+
     def close(self) -> None:
         """Drop the live cache and free this session's chunks in the pool."""
-        self.live = None
+        self.drop_live()
         self.boundaries.clear()
-        self._stats.device_bytes = 0
         self.pool.release(self.owner)
 
     # --- splice (approximate) -------------------------------------------------------------

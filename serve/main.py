@@ -63,7 +63,10 @@ def build_parser():
         "--session-wait", type=float, default=5.0,
         help="seconds a request waits for a session another replica sharing the store is answering, then HTTP 503 with Retry-After (default 5)",
     )
-    g.add_argument("--kv-host-mib", type=int, default=1024, help="--engine hf: host memory for KV snapshots, all sessions together (MiB)")
+    g.add_argument("--session-idle-seconds", type=float, default=600, help="a session unused this long leaves memory (reopened from the store when asked for; default 600)")
+    g.add_argument("--max-open-sessions", type=int, default=1000, help="sessions in memory at most: beyond, the least recently used leaves (default 1000)")
+    g.add_argument("--kv-host-mib", type=int, default=1024, help="--engine hf: host memory for KV snapshots, all sessions together, least recently used first out (MiB)")
+    g.add_argument("--kv-live-sessions", type=int, default=8, help="--engine hf: sessions keeping their last prompt's whole KV on the device (default 8)")
     return p
 
 
@@ -101,11 +104,40 @@ def paging_state(args, engine, tokenizer_count):
     from .sessions import LoopBridge
 
     store = open_store(args.db, tokenizer_count)
-    sessions = SessionRegistry(store, config, tokenizer_count, LoopBridge(engine), engine.forget, wait=args.session_wait)
+    sessions = SessionRegistry(
+        store, config, tokenizer_count, LoopBridge(engine), engine.forget, wait=args.session_wait,
+        idle_seconds=args.session_idle_seconds, max_open=args.max_open_sessions,
+    )
+    register_metrics(sessions)
     return PagingState(
         engine, sessions, list(args.served_model_name), args.paging_api_keys, args.max_request_bytes,
         args.default_max_tokens, args.default_repetition_penalty, args.recall_rounds,
     )
+
+
+class SessionMetrics:
+    """The registry's sessions in memory and evictions so far, read when /metrics is."""
+
+    sessions = None  # the SessionRegistry served now
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self.sessions is not None:
+            yield GaugeMetricFamily("paged_context_sessions_in_memory", "Sessions held in memory (the rest are in the store only)", value=len(self.sessions.used))
+            yield CounterMetricFamily("paged_context_sessions_evicted", "Sessions that left memory, idle or least recently used", value=self.sessions.evicted)
+
+
+SESSION_METRICS = SessionMetrics()
+
+
+def register_metrics(sessions) -> None:
+    """Count `sessions` in /metrics (Prometheus' default registry; once per process)."""
+    from prometheus_client import REGISTRY
+
+    if SESSION_METRICS.sessions is None:
+        REGISTRY.register(SESSION_METRICS)
+    SESSION_METRICS.sessions = sessions
 
 
 def install_routes(app, state) -> None:
@@ -170,7 +202,7 @@ def serve_hf(args) -> None:
 
     from .routes import install_error_handlers
 
-    engine = AsyncHFEngine(HFEngine(args.model, kv_host_limit_bytes=args.kv_host_mib << 20))
+    engine = AsyncHFEngine(HFEngine(args.model, kv_host_limit_bytes=args.kv_host_mib << 20, kv_live_sessions=args.kv_live_sessions))
     state = paging_state(args, engine, engine.count_tokens)
 
     @contextlib.asynccontextmanager

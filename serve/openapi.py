@@ -19,7 +19,7 @@ import dataclasses
 
 from paged_context import keywords
 from paged_context.messages import MAX_TOOLS, ROLES
-from paged_context.policy_registry import NAMES as POLICY_NAMES
+from paged_context.policy_registry import ONLINE as SESSION_POLICIES
 from paged_context.session import _INT_RANGES, PagingConfig
 
 SESSION_ID = "^[A-Za-z0-9._:@-]{1,128}$"  # sessions.SESSION_ID, as ECMA-262 reads it
@@ -74,7 +74,7 @@ def _paging_options() -> dict:
         elif field.name == "keywords":
             properties[field.name] = {"type": "string", "enum": list(keywords.names())}
         elif field.name == "policy":
-            properties[field.name] = {"type": "string", "enum": list(POLICY_NAMES)}
+            properties[field.name] = {"type": "string", "enum": list(SESSION_POLICIES)}
         else:  # a string option added to PagingConfig: described loosely until it is here
             properties[field.name] = {"type": "string"}
         properties[field.name]["default"] = field.default

@@ -28,7 +28,7 @@ from paged_context.calls import RECALL
 from paged_context.messages import BadRequest, Exchange, Tools, parse_tools, split_messages
 from paged_context.pages import Turn
 from paged_context.session import Request as PagingRequest
-from paged_context.store import SessionBusy
+from paged_context.store import SessionBusy, StoreUnavailable
 
 from .sessions import SESSION_ID, Forbidden, SessionRegistry, TooLarge, answered, session_id_for
 
@@ -262,7 +262,7 @@ async def chat_completions(raw: Request):
         return StreamingResponse(_stream(work, queue, block, name, include_usage), media_type="text/event-stream")
     try:
         reply = await _answer(job)
-    except (BadRequest, Forbidden, SessionBusy) as e:
+    except (BadRequest, Forbidden, SessionBusy, StoreUnavailable) as e:
         return _refusal(e, state)
     return JSONResponse(_completion(reply, block, name))
 
@@ -283,9 +283,10 @@ class Job:
 
 def _refusal(e: BaseException | None, state: PagingState) -> JSONResponse | None:
     """The HTTP error for what stopped a request before it was planned (None: not ours)."""
-    if isinstance(e, SessionBusy):
+    if isinstance(e, (SessionBusy, StoreUnavailable)):  # the answer was not stored: a retry asks again
         retry = max(1, math.ceil(state.sessions.wait))
-        response = error(503, f"session {e.session_id!r} is being answered by another replica; retry in {retry} s", "ServiceUnavailableError")
+        busy = f"session {e.session_id!r} is being answered by another replica" if isinstance(e, SessionBusy) else str(e)
+        response = error(503, f"{busy}; retry in {retry} s", "ServiceUnavailableError")
         response.headers["Retry-After"] = str(retry)
         return response
     if isinstance(e, Forbidden):
@@ -389,6 +390,9 @@ async def _stream(work: asyncio.Task, queue: asyncio.Queue, block, model: str, i
     except BadRequest as e:
         yield _error_event(400, str(e), "BadRequestError")
         return
+    except StoreUnavailable as e:  # the answer was not stored: a retry asks again
+        yield _error_event(503, str(e), "ServiceUnavailableError")
+        return
     except Exception as e:  # noqa: BLE001 (the engine failed mid-answer: the stream ends with an error, not a broken connection)
         log.error("a streamed answer failed", exc_info=e)
         yield _error_event(500, f"internal error: {type(e).__name__}", "InternalServerError")
@@ -438,9 +442,11 @@ async def list_sessions(raw: Request):
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
+        return {"object": "list", "data": await asyncio.to_thread(state.sessions.list, owner)}
     except PermissionError:
         return unauthorized()
-    return {"object": "list", "data": await asyncio.to_thread(state.sessions.list, owner)}
+    except StoreUnavailable as e:
+        return _refusal(e, state)
 
 
 async def _on_session(raw: Request, session_id: str, action):
@@ -455,7 +461,7 @@ async def _on_session(raw: Request, session_id: str, action):
             return await held.run(action, state.sessions, held.session)
     except PermissionError:
         return unauthorized()
-    except (Forbidden, SessionBusy) as e:
+    except (Forbidden, SessionBusy, StoreUnavailable) as e:
         return _refusal(e, state)
     except KeyError as missing:  # a page the session does not have
         return error(404, missing.args[0], "NotFoundError")

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
@@ -20,7 +22,7 @@ from paged_context.calls import CallSyntax
 from paged_context.messages import BadRequest, ChatTurn, Exchange
 from paged_context.pages import Turn
 from paged_context.session import PagedSession, PagingConfig, Request
-from paged_context.store import PageStore
+from paged_context.store import PageStore, SessionBusy
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -81,23 +83,75 @@ def new_turns(session: PagedSession, turns: Sequence[ChatTurn]) -> list[ChatTurn
 class SessionRegistry:
     """Open sessions over one durable store, one lock per session so concurrent requests
     to a session take turns (different sessions run in parallel). Replicas sharing the
-    store take turns too: a request that may change a session runs in `writing`."""
+    store take turns too: a request that may change a session runs in `writing`.
+
+    Memory stays bounded: a session idle for `idle_seconds`, or the least recently used
+    beyond `max_open`, leaves memory (its PagedSession, lock, pending request, version,
+    and the engine's state for it), unless a request holds or waits for it. Nothing is
+    lost: the next request reopens it from the store."""
 
     def __init__(
         self, store: PageStore, config: PagingConfig, count_tokens, complete=None, forget: Callable[[str], None] | None = None, wait: float = 5.0,
+        idle_seconds: float | None = None, max_open: int | None = None,
     ):
         """`complete(prompt, max_tokens)`: the model, for keyword strategies that ask it.
-        `forget(session_id)`: the engine drops a deleted session's state (its KV cache).
-        `wait`: how long a request waits for a session another replica is answering."""
+        `forget(session_id)`: the engine drops a session's state (its KV cache), on the
+        event loop. `wait`: how long a request waits for a session another replica is
+        answering. `idle_seconds`, `max_open`: when sessions leave memory (None: never)."""
+        if max_open is not None and max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
         self.store, self.config, self.count_tokens, self.complete, self.forget = store, config, count_tokens, complete, forget
-        self.wait = wait
+        self.wait, self.idle_seconds, self.max_open = wait, idle_seconds, max_open
         self.open: dict[str, PagedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.pending: dict[str, Request] = {}  # requests whose recall call went to the client
         self.versions: dict[str, int] = {}  # each open session's store version after this replica's last write
+        self.used: OrderedDict[str, float] = OrderedDict()  # sessions with state here, least recently used first: when
+        self.users: dict[str, int] = {}  # requests holding or waiting for each session
+        self.evicted = 0  # sessions that left memory so far
 
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Evict the sessions idle past `idle_seconds` and the least recently used beyond
+        `max_open`, but none a request holds or waits for. Walks the LRU order from its
+        old end and stops at the first session to keep: O(evicted + in use)."""
+        now = time.monotonic() if now is None else now
+        excess = len(self.used) - self.max_open if self.max_open is not None else 0
+        idle_since = now - self.idle_seconds if self.idle_seconds is not None else -float("inf")
+        leaving = []
+        for session_id, last in self.used.items():
+            if excess <= 0 and last >= idle_since:
+                break
+            if session_id not in self.users:
+                leaving.append(session_id)
+                excess -= 1
+        for session_id in leaving:
+            self.evict(session_id)
+        return leaving
+
+    def evict(self, session_id: str) -> None:
+        """Drop what this server holds for a session no request is using (on the event
+        loop); the store keeps it all."""
+        self.used.pop(session_id, None)
+        self.open.pop(session_id, None)
+        self.locks.pop(session_id, None)
+        self.pending.pop(session_id, None)
+        self.versions.pop(session_id, None)
+        self.evicted += 1
+        if self.forget is not None:
+            self.forget(session_id)
+
+    def _use(self, session_id: str, delta: int) -> None:
+        """A request starts (1) or ends (-1) using a session: it becomes the most recently used."""
+        users = self.users.get(session_id, 0) + delta
+        if users:
+            self.users[session_id] = users
+        else:
+            self.users.pop(session_id, None)
+        self.used[session_id] = time.monotonic()
+        self.used.move_to_end(session_id)
 
     @contextlib.asynccontextmanager
     async def writing(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> AsyncIterator[Held]:
@@ -107,15 +161,25 @@ class SessionRegistry:
         replica wrote since this one's last write is read again from the store. The hold
         and every store call of the request run in the request's own worker thread
         (`Held.run`), off the event loop: a store whose hold is a connection writes on it."""
-        async with self.lock(session_id):
-            held = Held(self, session_id)
-            try:
-                held.session = await asyncio.shield(held.run(held.take, owner, create, options))
-                yield held
-            finally:
-                # after whatever the request still runs in its thread, even when cancelled
-                await asyncio.shield(held.run(held.give_back))
-                held.thread.shutdown(wait=False)
+        self._use(session_id, 1)
+        self.sweep()
+        try:
+            async with self.lock(session_id):
+                held = Held(self, session_id)
+                try:
+                    held.session = await asyncio.shield(held.run(held.take, owner, create, options))
+                    yield held
+                except Exception as e:
+                    if not isinstance(e, (BadRequest, Forbidden, SessionBusy)):
+                        self.open.pop(session_id, None)  # maybe half written (a store fault): read it again next time
+                        self.pending.pop(session_id, None)
+                    raise
+                finally:
+                    # after whatever the request still runs in its thread, even when cancelled
+                    await asyncio.shield(held.run(held.give_back))
+                    held.thread.shutdown(wait=False)
+        finally:
+            self._use(session_id, -1)
 
     def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
         """The session, opened or created. `options`: paging options for a new session

