@@ -23,7 +23,7 @@ from paged_context.policy_registry import ONLINE as SESSION_POLICIES
 from paged_context.session import _INT_RANGES, PagingConfig
 
 SESSION_ID = "^[A-Za-z0-9._:@-]{1,128}$"  # sessions.SESSION_ID, as ECMA-262 reads it
-BOUNDARY = "^((fixed|exchange|tokens)_0*[1-9][0-9]*|topic_shift(_[0-9]+(\\.[0-9]+)?)?|session)$"  # pages._STRATEGY
+BOUNDARY = "^((fixed|exchange|tokens)_(?!0+$)[0-9]{1,9}|topic_shift(_[0-9]*\\.?[0-9]+)?|session)$"  # pages._STRATEGY, N at least 1
 INT64 = 1 << 63
 
 # Reasons for a 400 that a request fitting the schema may still get: how its parts refer

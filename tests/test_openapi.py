@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from paged_context import keywords
 from paged_context.pages import boundary
-from paged_context.policy_registry import NAMES as POLICY_NAMES
+from paged_context.policy_registry import ONLINE
 from paged_context.serve import openapi
 from paged_context.serve.main import install_routes
 from paged_context.serve.routes import PagingState, install_error_handlers
@@ -38,12 +38,13 @@ def test_paging_options_are_described_as_the_config_checks_them():
         if field.type == "int":
             low, high = _INT_RANGES.get(field.name, (0, 1000))
             assert properties[field.name]["maximum"] == high and properties[field.name]["minimum"] in (low, 1)
-    assert properties["keywords"]["enum"] == list(keywords.names()) and properties["policy"]["enum"] == list(POLICY_NAMES)
+    assert properties["keywords"]["enum"] == list(keywords.names()) and properties["policy"]["enum"] == list(ONLINE)  # a session refuses the offline ones
 
 
 @pytest.mark.parametrize(
     "strategy", ["fixed_10", "exchange_2", "tokens_512", "tokens_007", "topic_shift", "topic_shift_0.2", "topic_shift_3", "session",
-                 "tokens_0", "fixed_", "topic_shift_.5", "topic_shift_1.", "topic_shift_1.2.3", "session\n", "fixed_\u0663", " session", "Tokens_5"],
+                 "topic_shift_.5", "fixed_999999999", "tokens_0", "tokens_000", "fixed_1234567890", "fixed_", "topic_shift_1.", "topic_shift_1.2.3",
+                 "session\n", "fixed_\u0663", " session", "Tokens_5"],
 )
 def test_the_boundary_pattern_takes_what_the_pager_takes(strategy):
     try:
