@@ -174,7 +174,6 @@ _SCHEMAS = {
             },
         ]
     },
-    "PagingOptions": _paging_options(),
     "PagedContextOptions": {
         "type": "object",
         "description": "paged-context's extension of the request",
@@ -409,6 +408,7 @@ def describe(models: list[str], window: int, api_keys: bool) -> dict:
     """Our paths and components for a server serving `models` with a `window`-token
     context; `api_keys`: whether the routes require a key."""
     paths, schemas = copy.deepcopy(_PATHS), copy.deepcopy(_SCHEMAS)
+    schemas["PagingOptions"] = _paging_options()  # now: a keyword strategy may have been registered since import
     request = schemas["PagedChatRequest"]["properties"]
     request["model"] = {"enum": [*models, None], "description": "a served model (default: the first); another gets a 404"}
     for name in ("max_tokens", "max_completion_tokens"):

@@ -76,6 +76,13 @@ def test_distinctive_on_locomo_keeps_bookmarks_apart(locomo_path):
     assert len(seen) == len(set(seen)) == 4 * len(pages)
 
 
+@pytest.fixture(autouse=True)
+def registry(monkeypatch):
+    """A test's registered strategies end with it: other tests (the OpenAPI description)
+    list the registry."""
+    monkeypatch.setattr(keywords, "_REGISTRY", dict(keywords._REGISTRY))
+
+
 def test_strategies_plug_in_by_name():
     @keywords.register("first-word")
     def first_word(n=1):

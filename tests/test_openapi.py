@@ -41,6 +41,12 @@ def test_paging_options_are_described_as_the_config_checks_them():
     assert properties["keywords"]["enum"] == list(keywords.names()) and properties["policy"]["enum"] == list(ONLINE)  # a session refuses the offline ones
 
 
+def test_a_strategy_registered_after_import_is_offered(monkeypatch):
+    monkeypatch.setattr(keywords, "_REGISTRY", dict(keywords._REGISTRY))
+    keywords.register("late-plugin")(lambda n=3: None)
+    assert "late-plugin" in paging_options()["properties"]["keywords"]["enum"]
+
+
 @pytest.mark.parametrize(
     "strategy", ["fixed_10", "exchange_2", "tokens_512", "tokens_007", "topic_shift", "topic_shift_0.2", "topic_shift_3", "session",
                  "topic_shift_.5", "fixed_999999999", "tokens_0", "tokens_000", "fixed_1234567890", "fixed_", "topic_shift_1.", "topic_shift_1.2.3",
