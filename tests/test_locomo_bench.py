@@ -88,8 +88,12 @@ def test_log_resumes_and_refuses_other_settings(tmp_path):
     path = tmp_path / "run" / "locomo.jsonl"
     log = locomo.Log(path, settings())
     log.add({"type": "answer", "method": "bm25", "id": "conv-a:0"})
+    with pytest.raises(SystemExit, match="another run is writing"):
+        locomo.Log(path, settings())  # while the first run goes on
+    log.close()
     again = locomo.Log(path, settings())
     assert again.run == log.run and again.done("answer") == {("bm25", "conv-a:0")}
+    again.close()
     with pytest.raises(SystemExit, match="other settings"):
         locomo.Log(path, settings(context_tokens=300))
 

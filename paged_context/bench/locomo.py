@@ -26,6 +26,7 @@ per (method, question), and a rerun skips what is there.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import re
@@ -340,21 +341,33 @@ def judge(endpoint: Endpoint, q: Question, record: dict, max_tokens: int = 8) ->
 
 
 class Log:
-    """The run's JSONL file: its settings first, then one record per answer/judgement."""
+    """The run's JSONL file: its settings first, then one record per answer/judgement.
+    One run writes it at a time (a lock held until `close`): two runs resuming the same
+    folder would answer every question twice, each slowing the other's latencies."""
 
     def __init__(self, path: Path, settings: Settings):
         self.path = path
         self.records: list[dict] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(path.with_name(path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise SystemExit(f"another run is writing {path}: wait for it to end, or use another --out") from None
         if path.exists():
             lines_ = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             saved = lines_[0].get("settings") if lines_ else None
             if saved != asdict(settings):
+                self.close()
                 raise SystemExit(f"{path} holds a run with other settings ({saved}); use another --out to start a new one")
             self.records, self.run = lines_[1:], lines_[0]["run"]
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self.run = uuid.uuid4().hex[:8]
             self._write({"type": "settings", "settings": asdict(settings), "run": self.run})
+
+    def close(self) -> None:
+        self._lock.close()
 
     def done(self, kind: str) -> set[tuple[str, str]]:
         return {(r["method"], r["id"]) for r in self.records if r["type"] == kind}
@@ -514,6 +527,7 @@ def main(args) -> dict:
     try:
         run(endpoint, conversations, questions, methods, settings, log, 1 if in_process else args.concurrency, judge_endpoint)
     finally:
+        log.close()
         if in_process:
             endpoint.close()
     summary = summarize(log.records, questions, methods)
