@@ -161,7 +161,7 @@ class Answering:
         budget = self.window - self.sampling.max_tokens - len(extra)
         # recall is offered once pages are out of view, as the paging instructions are (a
         # compaction while rendering may be what starts it)
-        shown = lambda: replace(self.tools, recall=self.session.base is not None)  # noqa: E731
+        shown = lambda: replace(self.tools, recall=self.session.config.max_recall_ids if self.session.base is not None else 0)  # noqa: E731
         encode = lambda messages: self.template.encode(messages, shown())  # noqa: E731
         try:
             messages, ids = self.session.render_within(self.request, syntax.instruction(), encode, budget)
@@ -178,7 +178,7 @@ class Answering:
             stop = ()  # the schema ends a forced call; a shared marker may open the client's calls
         else:
             stop = (syntax.marker,)  # a recall call would not be served: end where it would begin
-        bare = syntax.name == "hermes" and (tools.recall or bool(tools.names))
+        bare = syntax.name == "hermes" and bool(tools.recall or tools.names)
         self.round = Round(messages, tools, list(ids) + extra, self.sampling, stop, self.template.markers(tools), recall, tools.forced, opening, schema, bare)
         return self.round
 

@@ -54,7 +54,8 @@ class Tools:
     functions: tuple[dict, ...] = ()  # the `function` objects as sent: name, description, parameters
     choice: str = "none"  # "auto", "none", "required", or the name of the one function to call
     parallel: bool = True
-    recall: bool = False  # the session has pages out of view (a template with native tools lists recall then)
+    recall: int = 0  # the most pages a recall call may name, once the session has pages out of view (0: none are; a
+    # template with native tools lists recall otherwise)
 
     @property
     def offered(self) -> tuple[dict, ...]:

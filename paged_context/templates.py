@@ -89,7 +89,7 @@ class ChatTemplate:
 
     def text(self, messages, tools: Tools = Tools(), generation_prompt: bool = True) -> str:
         """The prompt text of paged messages, through the model's own chat template."""
-        schemas = [*([recall_tool()] if tools.recall else []), *({"type": "function", "function": f} for f in tools.offered)]
+        schemas = [*([recall_tool(tools.recall)] if tools.recall else []), *({"type": "function", "function": f} for f in tools.offered)]
         schemas = schemas if self.syntax is HERMES and schemas else None  # no tools: the template's plain system prompt
         return self.tokenizer.apply_chat_template(self.chat(messages, tools), tools=schemas, tokenize=False, add_generation_prompt=generation_prompt)
 

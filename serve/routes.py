@@ -203,10 +203,7 @@ async def chat_completions(raw: Request):
         model = body.get("model")
         if model is not None and model not in state.model_names:
             return error(404, f"The model `{model}` does not exist; this server serves {', '.join(state.model_names)}", "NotFoundError")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise BadRequest("messages must be a list of message objects")
-        exchange = split_messages(messages)
+        exchange = split_messages(body.get("messages"))
         tools = parse_tools(body)
         sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty, len(state.engine.template.tokenizer), state.engine.window)
         if sampling.max_tokens > state.engine.window // 2:

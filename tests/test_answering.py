@@ -3,6 +3,7 @@ generates, so every path of a round (an answer, recall served, a client's tool c
 refusals, the round bound, forced calls, a message larger than the window) is checked
 on the real chat templates of the tiny test tokenizer, plain and Hermes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -135,9 +136,10 @@ def test_recall_is_offered_only_once_pages_are_out_of_view(hermes):
     assert not round_.tools.recall and round_.recall is None
     text = hermes.text(round_.messages, round_.tools)
     assert "recall" not in text and "<tools>" not in text
-    paged = paged_session(hermes)
+    paged = paged_session(hermes, config=dataclasses.replace(SMALL, max_recall_ids=5))
     round_ = Answering(paged, paged.ask("and now?"), hermes, 4096).next_round()
-    assert round_.tools.recall and '"name": "recall"' in hermes.text(round_.messages, round_.tools)
+    text = hermes.text(round_.messages, round_.tools)
+    assert round_.tools.recall == 5 and '"name": "recall"' in text and '"maxItems": 5' in text  # the session's own limit
 
 
 def test_a_bare_recall_call_is_served(hermes):
