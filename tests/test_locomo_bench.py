@@ -102,8 +102,8 @@ def test_summary_by_category_with_counts(conversations):
     questions = locomo.questions_of(conversations, [1, 4])[:3]  # conv-a: 4, 1, 4
     base = {"type": "answer", "method": "bm25", "prompt_tokens": 100, "evidence_any": True, "evidence_all": False, "seconds": 1.0, "error": None}
     records = [
-        {**base, "id": q.id, "category": q.category, "f1": f1, "calls": calls, "fetched_evidence": hit}
-        for q, f1, calls, hit in zip(questions, [1.0, 0.5, 0.0], [0, 1, 1], [None, True, False])
+        {**base, "id": q.id, "category": q.category, "f1": f1, "calls": calls, "fetched_evidence": hit, "evidence_all": shown}
+        for q, f1, calls, hit, shown in zip(questions, [1.0, 0.5, 0.0], [0, 1, 1], [None, True, False], [False, True, True])
     ] + [{"type": "judge", "method": "bm25", "id": questions[0].id, "verdict": 1}]
     summary = locomo.summarize(records, questions, ["bm25", "controller"])
     assert list(summary) == ["bm25"]
@@ -111,8 +111,9 @@ def test_summary_by_category_with_counts(conversations):
     assert s["n"] == 3 and s["f1"] == 0.5 and s["f1_by_category"] == {"1": 0.5, "4": 0.5}
     assert s["count_by_category"] == {"1": 1, "4": 2} and s["judge"] == 1.0 and s["judged"] == 1
     assert s["calls_per_question"] == pytest.approx(2 / 3) and s["recall_precision"] == 0.5
+    assert s["evidence_all"] == pytest.approx(2 / 3) and s["f1_evidence_shown"] == 0.25 and s["evidence_shown"] == 2  # reading apart from finding
     text = locomo.report(summary, settings(), questions, 1)
-    assert "F1 cat 1 (n=1)" in text and "F1 cat 4 (n=2)" in text
+    assert "F1 cat 1 (n=1)" in text and "F1 cat 4 (n=2)" in text and "0.250 (2)" in text
 
 
 def test_readme_block_is_replaced(tmp_path):

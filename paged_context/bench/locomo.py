@@ -419,7 +419,8 @@ def run(endpoint: Endpoint, conversations: Sequence[Conversation], questions: Se
 
 def summarize(records: Sequence[dict], questions: Sequence[Question], methods: Sequence[str]) -> dict:
     """Per method: F1 overall and by category number (with counts), judge share, prompt
-    tokens, calls, recall precision, evidence in context, latency."""
+    tokens, calls, recall precision, evidence in context, F1 where all of it was (finding
+    the evidence apart from reading it), latency."""
     wanted = {q.id for q in questions}
     answers = {(r["method"], r["id"]): r for r in records if r["type"] == "answer" and r["id"] in wanted}
     verdicts = {(r["method"], r["id"]): r["verdict"] for r in records if r["type"] == "judge" and r["verdict"] is not None}
@@ -430,6 +431,7 @@ def summarize(records: Sequence[dict], questions: Sequence[Question], methods: S
             continue
         cats = sorted({r["category"] for r in rows})
         called = [r for r in rows if r["calls"]]
+        shown = [r["f1"] for r in rows if r["evidence_all"]]
         judged = [verdicts[(method, r["id"])] for r in rows if (method, r["id"]) in verdicts]
         out[method] = {
             "n": len(rows),
@@ -444,6 +446,8 @@ def summarize(records: Sequence[dict], questions: Sequence[Question], methods: S
             "recall_precision": statistics.fmean(bool(r["fetched_evidence"]) for r in called) if called else None,
             "evidence_any": statistics.fmean(r["evidence_any"] for r in rows),
             "evidence_all": statistics.fmean(r["evidence_all"] for r in rows),
+            "f1_evidence_shown": statistics.fmean(shown) if shown else None,
+            "evidence_shown": len(shown),
             "p50_s": percentile([r["seconds"] for r in rows], 0.5),
             "p95_s": percentile([r["seconds"] for r in rows], 0.95),
             "errors": sum(1 for r in rows if r["error"]),
@@ -454,12 +458,13 @@ def summarize(records: Sequence[dict], questions: Sequence[Question], methods: S
 def report(summary: dict, settings: Settings, questions: Sequence[Question], concurrency: int) -> str:
     cats = sorted({str(q.category) for q in questions}, key=int)
     counts = {c: sum(1 for q in questions if str(q.category) == c) for c in cats}
-    headers = ["method", "F1", *[f"F1 cat {c} (n={counts[c]})" for c in cats], "J", "prompt tok", "cached tok", "calls/q", "recall prec", "evidence any/all", "p50/p95 s", "errors"]
+    headers = ["method", "F1", *[f"F1 cat {c} (n={counts[c]})" for c in cats], "J", "prompt tok", "cached tok", "calls/q", "recall prec", "evidence any/all", "F1 all evidence shown (n)", "p50/p95 s", "errors"]
     rows = [
         [
             m, s["f1"], *[s["f1_by_category"].get(c) for c in cats], s["judge"], round(s["prompt_tokens"]),
             None if s["cached_tokens"] is None else round(s["cached_tokens"]), s["calls_per_question"],
-            s["recall_precision"], f"{s['evidence_any']:.2f}/{s['evidence_all']:.2f}", f"{s['p50_s']:.1f}/{s['p95_s']:.1f}", s["errors"],
+            s["recall_precision"], f"{s['evidence_any']:.2f}/{s['evidence_all']:.2f}",
+            "-" if s["f1_evidence_shown"] is None else f"{s['f1_evidence_shown']:.3f} ({s['evidence_shown']})", f"{s['p50_s']:.1f}/{s['p95_s']:.1f}", s["errors"],
         ]
         for m, s in summary.items()
     ]
