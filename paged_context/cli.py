@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from . import __version__
@@ -127,9 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         args, args.serve_args = parser().parse_known_args(argv)
     else:
         args = parser().parse_args(argv)
+    if args.command != "serve":  # the server handles signals itself
+        signal.signal(signal.SIGTERM, _stop)
     try:
         importlib.import_module(args.module).main(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:  # bad input, not a bug
         print(f"paged-context: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _stop(signum, frame) -> None:
+    """`kill` ends a command as Ctrl-C does, its cleanup run: an in-process vLLM engine's
+    workers (gigabytes each) otherwise outlive it."""
+    raise SystemExit(128 + signum)

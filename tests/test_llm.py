@@ -76,3 +76,44 @@ def test_bench_locomo_in_process(tiny, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "locomo.jsonl").read_text().splitlines()[1:]]
     assert sum(r["type"] == "answer" for r in records) == 8 == sum(r["type"] == "judge" for r in records)
     assert all(r["prompt_tokens"] > 0 for r in records if r["type"] == "answer")
+
+
+@pytest.mark.slow
+def test_a_killed_bench_stops_its_engine_workers(tiny, tmp_path):
+    """`kill` on `bench locomo --endpoint inprocess` ends its vLLM engine too: the engine's
+    worker processes (gigabytes each) once outlived the command."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from locomo_sample import write
+
+    pytest.importorskip("vllm")
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "paged_context", "bench", "locomo", "--endpoint", "inprocess", "--model-path", str(tiny),
+        "--data", write(tmp_path / "locomo.json"), "--methods", "truncation", "full_context", "controller", "bookmark_recall",
+        "--window", "1024", "--context-tokens", "300", "--max-tokens", "400", "--out", str(run),  # 40 long answers: still answering when killed
+    ]
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    workers = []
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "locomo.jsonl").exists() or len((run / "locomo.jsonl").read_text().splitlines()) < 2:  # answering
+            assert bench.poll() is None and time.monotonic() < deadline
+            time.sleep(1)
+        workers = psutil.Process(bench.pid).children(recursive=True)
+        assert workers  # vLLM's engine runs in its own processes
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(120) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        for process in [bench, *workers]:  # a failing run leaves nothing behind
+            try:
+                process.kill()
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
