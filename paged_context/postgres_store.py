@@ -8,9 +8,10 @@ hangs off it. Connections come from a `psycopg_pool.ConnectionPool`.
 
 `hold` is a session-level advisory lock on a connection kept from the pool for the block:
 if the holder's process dies, its connection drops and PostgreSQL lets the lock go. Writes
-that the holding thread makes inside the block use that same connection, so holders never
-wait on the pool for their own writes; the pool must still have room for a connection per
-session held at once, plus those the other requests use (`pool_size`).
+and reads that the holding thread makes inside the block use that same connection, so
+holders never wait on the pool for their own work; the pool must still have room for a
+connection per session held at once, plus those the other requests use (`pool_size`;
+the server's `--db-pool-size`).
 
 Advisory lock keys are database-wide: give paged-context a database of its own (or, with
 `?options=-csearch_path%3D...`, a schema of its own, and no other user of the same keys).
@@ -137,6 +138,10 @@ class PostgresStore(SQLStore):
             yield conn
 
     def _read(self, sql, params=()):
+        held = next(iter(self._held_by_this_thread().values()), None)
+        if held is not None:  # a request reads on the connection holding its session, so it needs one, not two
+            with _faults():
+                return held.execute(self._sql(sql), params).fetchall()
         with _faults(), self._pool.connection() as conn:
             return conn.execute(self._sql(sql), params).fetchall()
 

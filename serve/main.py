@@ -37,6 +37,10 @@ def build_parser():
     g = p.add_argument_group("paged-context")
     g.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="vllm, or hf for the transformers engine")
     g.add_argument("--db", help="page store: a SQLite file's path, or a postgresql:// URL that replicas share (default: $PAGED_CONTEXT_HOME/sessions.db)")
+    g.add_argument(
+        "--db-pool-size", type=int, metavar="N",
+        help="with a postgresql:// --db: connections this replica keeps at most, one per session being answered at once plus a few (default 16)",
+    )
     g.add_argument("--page-tokens", type=int, default=512, help="page size in tokens (a longer message is paged in parts of this size)")
     g.add_argument(
         "--resident", type=int, nargs=2, default=(4, 16), metavar=("LOW", "HIGH"),
@@ -73,6 +77,7 @@ def build_parser():
 def configure(args) -> argparse.Namespace:
     """Fill in what the paging layer needs: the model, the plugins, the API keys."""
     from paged_context.models.default_model import home, resolve
+    from paged_context.store import POSTGRES_SCHEMES
 
     model = args.model or args.model_tag
     args.model = str(resolve(model))
@@ -87,6 +92,8 @@ def configure(args) -> argparse.Namespace:
     keys = args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else [])
     args.paging_api_keys = frozenset([keys] if isinstance(keys, str) else keys)
     args.db = args.db or home() / "sessions.db"
+    if args.db_pool_size is not None and not str(args.db).startswith(POSTGRES_SCHEMES):
+        raise ValueError("--db-pool-size is for a postgresql:// --db (a SQLite store has no connection pool)")
     return args
 
 
@@ -103,7 +110,7 @@ def paging_state(args, engine, tokenizer_count):
     )
     from .sessions import LoopBridge
 
-    store = open_store(args.db, tokenizer_count)
+    store = open_store(args.db, tokenizer_count, **({} if args.db_pool_size is None else {"pool_size": args.db_pool_size}))
     sessions = SessionRegistry(
         store, config, tokenizer_count, LoopBridge(engine), engine.forget, wait=args.session_wait,
         idle_seconds=args.session_idle_seconds, max_open=args.max_open_sessions,

@@ -37,3 +37,9 @@ def test_every_command_and_option_is_explained():
 def test_usage_errors_exit_2():
     assert run("bench").returncode == 2
     assert run("bench", "traces", "--policies", "clock").returncode == 2
+
+
+def test_a_pool_size_for_a_sqlite_store_is_refused_before_the_model_loads(tiny, tmp_path):
+    done = run("serve", "--model", str(tiny), "--db", str(tmp_path / "pages.db"), "--db-pool-size", "8")
+    assert done.returncode == 2 and "--db-pool-size is for a postgresql:// --db" in done.stderr
+    assert not (tmp_path / "pages.db").exists()

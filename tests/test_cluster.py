@@ -28,7 +28,7 @@ from paged_context.serve.cluster import find_nginx, local_postgres, nginx_config
 from paged_context.store import open_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPLICA_FLAGS = ["--engine", "hf", "--served-model-name", "tiny", "--default-max-tokens", "12", "--session-wait", "2"]
+REPLICA_FLAGS = ["--engine", "hf", "--served-model-name", "tiny", "--default-max-tokens", "12", "--session-wait", "2", "--db-pool-size", "8"]
 
 
 def nginx_or_skip() -> str:

@@ -50,14 +50,16 @@ def test_a_newer_schema_is_refused(postgres_url):
         PostgresStore(postgres_url)
 
 
-def test_a_holder_writes_on_its_own_connection(postgres_url):
+def test_a_holder_writes_and_reads_on_its_own_connection(postgres_url):
     """With one connection in the pool, held by the session's lock, the holder's writes
-    still go through (on that connection) instead of waiting for the pool."""
-    with open_store(postgres_url, pool_size=1) as store:
+    and reads still go through (on that connection) instead of waiting for the pool: a
+    request needs one connection, not two."""
+    with open_store(postgres_url, pool_size=1, timeout=2) as store:
         store.create_session("s")
         with store.hold("s", wait=1):
             store.append_turns("s", [Turn(0, "user", "hi")])
             store.record_references("s", 0, [0], "recall")
+            assert store.version("s") == 2 and [t.text for t in store.turns("s")] == ["hi"]
         assert store.version("s") == 2 and len(store.turns("s")) == 1
 
 
