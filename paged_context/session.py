@@ -216,12 +216,19 @@ class PagedSession:
 
     def add_turn(self, role: str, text: str, **fields) -> Turn:
         """Append a turn, durably first when there is a store."""
-        turn = Turn(len(self.turns), role, text, **fields)
-        if self.store is not None:
-            self.store.append_turns(self.id, [turn])
-        self.turns.append(turn)
-        self.units += self._units(turn)
-        return turn
+        return self.add_turns([(role, text, fields)])[0]
+
+    def add_turns(self, turns: Sequence[tuple[str, str, dict]]) -> list[Turn]:
+        """Append turns, each (role, text, other `Turn` fields): durably first, all in one
+        transaction, when there is a store (a history arriving whole is one commit, not
+        one per turn)."""
+        made = [Turn(len(self.turns) + i, role, text, **fields) for i, (role, text, fields) in enumerate(turns)]
+        if self.store is not None and made:
+            self.store.append_turns(self.id, made)
+        for turn in made:
+            self.turns.append(turn)
+            self.units += self._units(turn)
+        return made
 
     def _units(self, turn: Turn) -> list[Turn]:
         """The turn as paging units; the parts of a long tool result name the call it answers."""

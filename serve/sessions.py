@@ -211,8 +211,7 @@ class SessionRegistry:
         if pending is not None and exchange.recall_calls and not new:
             request = pending  # the question is stored already, and its history
         else:
-            for turn in new:
-                session.add_turn(turn.role, turn.text, tool_calls=turn.tool_calls, tool_call_id=turn.tool_call_id)
+            session.add_turns([(t.role, t.text, {"tool_calls": t.tool_calls, "tool_call_id": t.tool_call_id}) for t in new])
             request = session.plan("\n\n".join(exchange.instructions))
         for arguments in exchange.recall_calls:
             session.recall(request, syntax.wrap(arguments), arguments)

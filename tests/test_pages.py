@@ -160,3 +160,21 @@ def test_a_turn_too_long_for_a_page_is_paged_in_parts():
     assert groups[0] == [Turn(3, "assistant", "", tool_calls=(call,)), parts[0]] and groups[1:] == [[p] for p in parts[1:]]
     pages = segment([Turn(3, "assistant", "", tool_calls=(call,))] + parts, "tokens_150")
     assert len(pages) >= len(parts) // 2 and all(p.tokens <= 150 for p in pages[1:])
+
+
+def test_a_token_budget_tokenizes_each_turn_once():
+    """The open page is weighed again for every atom that might join it: counted from
+    scratch, a history taken in at once was tokenized 8 times a turn."""
+    counted = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return len(text.split())
+
+    turns = [Turn(i, "user" if i % 2 == 0 else "assistant", f"turn {i} " + "word " * (i % 7)) for i in range(300)]
+    pages = segment(turns, "tokens_64", count)
+    assert len(counted) <= len(turns) + len(pages)  # once a turn; the turn that closes a page is counted again on the next
+    size = lambda ts: sum(count(t.render()) for t in ts)  # noqa: E731
+    assert [t for p in pages for t in p.turns] == turns
+    for page, after in zip(pages, pages[1:]):  # the rule still holds: full pages, each closed by the turn that overflows it
+        assert page.tokens == size(page.turns) <= 64 and size(page.turns + after.turns[:1]) > 64

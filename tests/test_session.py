@@ -102,6 +102,18 @@ def test_the_store_has_every_turn_and_a_reopened_session_pages_the_same(tmp_path
     assert request.query == "unanswered question"
 
 
+def test_a_history_arriving_whole_is_one_commit(tmp_path):
+    """A stateless client's first request can bring thousands of turns: one transaction
+    (all or none), not one commit per turn."""
+    with SQLiteStore(tmp_path / "s.db") as store:
+        session = PagedSession("s", SMALL, store)
+        before = store.version("s")
+        made = session.add_turns([("user" if i % 2 == 0 else "assistant", f"turn {i}", {}) for i in range(500)])
+        assert store.version("s") == before + 1
+        assert [t.index for t in made] == list(range(500)) and store.turns("s") == session.turns == made
+        assert session.add_turn("user", "one more").index == 500 and store.version("s") == before + 2
+
+
 @pytest.mark.parametrize("policy", ["learned", "lru"])
 def test_the_controller_prefetches_the_page_with_the_fact(policy):
     config = PagingConfig(boundary="fixed_4", recent_turns=2, resident_high=3, resident_low=2, policy=policy)
