@@ -193,6 +193,7 @@ def serve_vllm(args) -> None:
         engine = VLLMEngine(lambda: app.state.engine_client, tokenizer, window, parse_calls)
         state = paging_state(args, engine, engine.count_tokens)
         state.sessions.complete.bind()  # the app is built inside the server's event loop
+        state.sessions.sweep_idle()
         install_routes(app, state)
         return app
 
@@ -215,7 +216,10 @@ def serve_hf(args) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         state.sessions.complete.bind()
+        sweeper = state.sessions.sweep_idle()
         yield
+        if sweeper is not None:
+            sweeper.cancel()
 
     app = FastAPI(title="paged-context (transformers engine)", lifespan=lifespan)
     names = list(args.served_model_name)

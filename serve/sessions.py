@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from paged_context.messages import BadRequest, ChatTurn, Exchange
 from paged_context.pages import Turn
 from paged_context.session import PagedSession, PagingConfig, Request
 from paged_context.store import PageStore, SessionBusy
+
+log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -109,6 +112,7 @@ class SessionRegistry:
         self.used: OrderedDict[str, float] = OrderedDict()  # sessions with state here, least recently used first: when
         self.users: dict[str, int] = {}  # requests holding or waiting for each session
         self.evicted = 0  # sessions that left memory so far
+        self._sweeper: asyncio.Task | None = None  # `sweep_idle`'s timer
 
     def lock(self, session_id: str) -> asyncio.Lock:
         return self.locks.setdefault(session_id, asyncio.Lock())
@@ -130,6 +134,24 @@ class SessionRegistry:
         for session_id in leaving:
             self.evict(session_id)
         return leaving
+
+    def sweep_idle(self) -> asyncio.Task | None:
+        """Sweep on a timer too, on the running event loop (a quarter of `idle_seconds`
+        apart, a minute at most): a server no request reaches lets its idle sessions go.
+        None without `idle_seconds`."""
+        if self.idle_seconds is None:
+            return None
+
+        async def sweeping() -> None:
+            while True:
+                await asyncio.sleep(min(max(self.idle_seconds / 4, 0.1), 60.0))
+                try:
+                    self.sweep()
+                except Exception:  # an engine that fails to forget one session must not stop the sweeping
+                    log.exception("sweeping idle sessions failed")
+
+        self._sweeper = asyncio.get_running_loop().create_task(sweeping())  # kept: the loop holds tasks weakly
+        return self._sweeper
 
     def evict(self, session_id: str) -> None:
         """Drop what this server holds for a session no request is using (on the event

@@ -64,3 +64,5 @@ def test_a_thousand_short_sessions_leave_memory_and_rss_stays_flat(tiny, tmp_pat
         time.sleep(2.5)  # idle past --session-idle-seconds: the next request sweeps them out
         ask(server, "short-2", "Still there?")
         assert metrics(server)["paged_context_sessions_in_memory"] == 1
+        time.sleep(3.5)  # and with no request at all, the server's timer does
+        assert metrics(server)["paged_context_sessions_in_memory"] == 0
