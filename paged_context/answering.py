@@ -50,6 +50,12 @@ class RecallConstraint:
     shared: bool  # the client's tools open calls with the same marker: constrain only calls that name recall
 
 
+def schema_refused(error: Exception) -> BadRequest:
+    """What a client hears when the engine cannot compile a forced call's JSON schema (the
+    parameters it sent): its mistake, whichever engine found it."""
+    return BadRequest(f"the forced call's parameters are not a JSON schema the engine can follow: {str(error)[-300:]}")
+
+
 @dataclass(frozen=True)
 class Round:
     """One generation the engine runs."""

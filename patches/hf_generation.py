@@ -13,7 +13,7 @@ from transformers import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
 from paged_context.calls import CallGrammar, CallSyntax
-from paged_context.messages import BadRequest
+from paged_context.answering import schema_refused
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,7 +77,7 @@ def schema_constraint(tokenizer, vocab_size: int, schema: dict) -> LogitsProcess
     try:
         grammar = _compiler(tokenizer, vocab_size).compile_json_schema(json.dumps(schema), any_whitespace=False)
     except (RuntimeError, ValueError) as e:
-        raise BadRequest(f"the forced call's parameters are not a JSON schema the engine can follow: {str(e)[-300:]}") from None
+        raise schema_refused(e) from None
     return GrammarProcessor(grammar)
 
 

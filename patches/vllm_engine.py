@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from typing import Callable
 
-from paged_context.answering import Generated, Round
+from paged_context.answering import Generated, Round, schema_refused
 from paged_context.messages import BadRequest
 from paged_context.session import Message, PagedSession
 from paged_context.templates import CallParser, ChatTemplate
@@ -84,7 +84,7 @@ class VLLMEngine:
                     on_text(text)
         except (ValueError, VLLMClientError) as e:  # vLLM refused the request: the client's mistake
             if round_.schema is not None:
-                raise BadRequest(f"the forced call's parameters are not a JSON schema the engine can follow: {str(e)[-300:]}") from None
+                raise schema_refused(e) from None
             raise BadRequest(str(e)) from None
         return Generated(text, generated, cached, truncated)
 

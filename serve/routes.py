@@ -140,6 +140,8 @@ def parse_sampling(body: dict, default_max_tokens: int, default_repetition_penal
         longest = longest if asked is None else asked
         if asked is not None and asked > window // 2:
             raise BadRequest(f"{name}={asked} leaves too little of the model's window ({window} tokens) for the conversation; at most {window // 2}")
+    if longest > window // 2:  # the server's --default-max-tokens
+        raise BadRequest(f"max_tokens={longest} leaves too little of the model's window ({window} tokens) for the conversation; at most {window // 2}")
     return Sampling(
         max_tokens=longest,
         temperature=float(_number(body, "temperature", 0.0, 0.0, 2.0)),
@@ -206,8 +208,6 @@ async def chat_completions(raw: Request):
         exchange = split_messages(body.get("messages"))
         tools = parse_tools(body)
         sampling = parse_sampling(body, state.default_max_tokens, state.default_repetition_penalty, len(state.engine.template.tokenizer), state.engine.window)
-        if sampling.max_tokens > state.engine.window // 2:
-            raise BadRequest(f"max_tokens={sampling.max_tokens} leaves too little of the model's window ({state.engine.window} tokens) for the conversation; at most {state.engine.window // 2}")
         user = body.get("user")
         if user is not None and not isinstance(user, str):
             raise BadRequest("user must be a string")

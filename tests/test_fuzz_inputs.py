@@ -291,3 +291,15 @@ def test_a_valid_config_makes_a_working_session(options, conversation, budget):
         except ValueError as error:
             assert "the recent turns alone need" in str(error)  # the server's 400: lower max_tokens
         session.finish(request, f"answer {i}: " + text)
+
+
+def test_max_tokens_leaves_half_the_window_to_the_conversation():
+    """Each of max_tokens and max_completion_tokens is checked against the window, and so
+    is the server's default when the request gives neither."""
+    from paged_context.serve.routes import parse_sampling
+
+    assert parse_sampling({"max_completion_tokens": 2048}, 256, 1.1, 300, 4096).max_tokens == 2048
+    for body, default, named in [({"max_tokens": 2049}, 256, "max_tokens=2049"), ({"max_completion_tokens": 4096}, 256, "max_completion_tokens=4096"),
+                                 ({}, 3000, "max_tokens=3000")]:
+        with pytest.raises(BadRequest, match=f"{named} leaves too little of the model's window \\(4096 tokens\\)"):
+            parse_sampling(body, default, 1.1, 300, 4096)

@@ -211,13 +211,18 @@ def plot(result: dict, path: Path) -> Path:
     rss = [s for s in result["rss"] if s["rss_mib"] is not None]
     left.plot([s["t_s"] for s in rss], [s["rss_mib"] for s in rss], label="server RSS")
     left.set(xlabel="seconds", ylabel="MiB", title="Server resident memory")
+    turns = range(1, result["turns"] + 1)
+
+    def per_turn(rows: list[dict], key: str, q: float) -> list[float | None]:
+        """The q-quantile of `key` over the answered requests of each turn."""
+        by_turn = [[r[key] for r in rows if r["turn"] == t and r["error"] is None] for t in range(result["turns"])]
+        return [percentile(v, q) if v else None for v in by_turn]
+
     for label, key in (("TTFT", "ttft_s"), ("latency", "latency_s")):
-        by_turn = [[r[key] for r in result["rows"] if r["turn"] == t and r["error"] is None] for t in range(result["turns"])]
-        right.plot(range(1, result["turns"] + 1), [percentile(v, 0.5) if v else None for v in by_turn], marker=".", label=f"{label} p50")
-        right.plot(range(1, result["turns"] + 1), [percentile(v, 0.95) if v else None for v in by_turn], linestyle="--", label=f"{label} p95")
+        right.plot(turns, per_turn(result["rows"], key, 0.5), marker=".", label=f"{label} p50")
+        right.plot(turns, per_turn(result["rows"], key, 0.95), linestyle="--", label=f"{label} p95")
     if "heavy" in result:
-        by_turn = [[r["ttft_s"] for r in result["heavy"]["rows"] if r["turn"] == t and r["error"] is None] for t in range(result["turns"])]
-        right.plot(range(1, result["turns"] + 1), [percentile(v, 0.5) if v else None for v in by_turn], marker="x", label=f"TTFT p50, + {result['heavy_turns']}-turn client")
+        right.plot(turns, per_turn(result["heavy"]["rows"], "ttft_s", 0.5), marker="x", label=f"TTFT p50, + {result['heavy_turns']}-turn client")
     right.set(xlabel="turn", ylabel="seconds", title="Per turn, over all sessions")
     return save_panels(fig, (left, right), path)
 
