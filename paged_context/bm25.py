@@ -73,6 +73,10 @@ class BM25:
             self._last = (key, {t: math.log(1 + (n - self.df[t] + 0.5) / (self.df[t] + 0.5)) for t in set(key[1]) if self.df[t]})
         return self._last[1]
 
+    def idf(self, query: Iterable[str]) -> dict[str, float]:
+        """The inverse document frequency of each query term found in the index."""
+        return dict(self._weights(query))
+
     def _norm(self, length: int, average: float) -> float:
         return self.k1 * (1 - self.b + self.b * length / average)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
-from .pages import Page
+from .pages import Page, Turn
 
 MAX_RECALL_IDS = 3
 
@@ -128,6 +128,15 @@ def parse_recall_arguments(
     return numbers
 
 
-def render_recall(pages: Sequence[Page]) -> str:
-    """The tool result that puts recalled pages back in front of the model."""
-    return "\n\n".join(f"[page {p.id}, turns {p.first_turn + 1}-{p.last_turn + 1}]\n{p.render()}" for p in pages)
+def render_recall(pages: Sequence[Page], parts: Mapping[int, Sequence[Turn]] | None = None) -> str:
+    """The tool result that puts recalled pages back in front of the model; the pages in
+    `parts` show only the turns given there, and say how to read the rest."""
+    shown = []
+    for p in pages:
+        turns = (parts or {}).get(p.id)
+        if turns is None:
+            shown.append(f"[page {p.id}, turns {p.first_turn + 1}-{p.last_turn + 1}]\n{p.render()}")
+        else:
+            head = f"[page {p.id}, turns {turns[0].index + 1}-{turns[-1].index + 1} of {p.first_turn + 1}-{p.last_turn + 1}; recall page {p.id} for all of it]"
+            shown.append(head + "\n" + "\n".join(t.render() for t in turns))
+    return "\n\n".join(shown)

@@ -138,6 +138,7 @@ class Request:
     instructions: str = ""  # the client's system messages for this request
     recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
     folded: int = 0  # bookmarks `make_room` folded to page numbers for this request, so the prompt fits
+    cut: tuple[int, ...] = ()  # prefetched pages `make_room` cut to an excerpt, so the prompt fits
 
     @property
     def recalled(self) -> tuple[int, ...]:
@@ -324,7 +325,7 @@ class PagedSession:
         new = [p for p in prefetched if p not in request.prefetched]
         if self.store is not None and new:
             self.store.record_references(self.id, self.resident.step, new, "prefetch")
-        request.prefetched = prefetched
+        request.prefetched, request.cut = prefetched, ()
 
     def _last_exchange(self) -> int:
         """Where the turns the request answers begin: the last user message, or the last
@@ -349,6 +350,7 @@ class PagedSession:
         else:
             result = render_recall([self.pages[p] for p in ids])
             request.prefetched = tuple(p for p in request.prefetched if p not in ids)
+            request.cut = tuple(p for p in request.cut if p not in ids)
             if self.store is not None:
                 self.store.record_references(self.id, self.resident.step, ids, "recall")
         request.add_round(call, result, tuple(ids))
@@ -403,13 +405,19 @@ class PagedSession:
             self._rebase()
 
     def make_room(self, request: Request) -> bool:
-        """Shrink the prompt when it does not fit the model's window: first drop the last
-        prefetched page, then evict the policy's next victim, then page recent turns
-        sooner (long tool results), then show the oldest bookmarks by page number only (a
-        quarter more each time), then replace the pages of earlier recall rounds by their
-        numbers. False when nothing is left to drop (the last message alone is too long)."""
+        """Shrink the prompt when it does not fit the model's window: first cut the
+        prefetched pages to their turns that match the request best (`PageMatcher.excerpt`),
+        the last first, then drop them, the last first, then evict the policy's next victim,
+        then page recent turns sooner (long tool results), then show the oldest bookmarks by
+        page number only (a quarter more each time), then replace the pages of earlier
+        recall rounds by their numbers. False when nothing is left to drop (the last message
+        alone is too long)."""
+        whole = [p for p in request.prefetched if p not in request.cut]
+        if whole:  # several pages' best turns hold more of what is asked than fewer whole pages
+            request.cut += (whole[-1],)
+            return True
         if request.prefetched:
-            request.prefetched = request.prefetched[:-1]
+            request.prefetched, request.cut = request.prefetched[:-1], tuple(p for p in request.cut if p != request.prefetched[-1])
             return True
         if len(self.resident):
             request.evicted_now += tuple(self.resident.shrink(len(self.resident) - 1))
@@ -431,8 +439,16 @@ class PagedSession:
         return False
 
     def recallable(self, request: Request) -> list[int]:
-        """Evicted pages this request has not seen yet: what a recall call may name."""
-        return [p for p in self.evicted() if p not in request.prefetched and p not in request.recalled]
+        """Evicted pages this request has not seen whole yet: what a recall call may name."""
+        return [p for p in self.evicted() if (p not in request.prefetched or p in request.cut) and p not in request.recalled]
+
+    def brought_back(self, request: Request) -> dict[int, tuple[Turn, ...]]:
+        """The prefetched pages, each with the turns the prompt shows of it (an excerpt
+        when `make_room` cut it)."""
+        return {
+            p: self.matcher.excerpt(request.query, self.pages[p].turns) if p in request.cut else self.pages[p].turns
+            for p in request.prefetched
+        }
 
     def finish(self, request: Request, answer: str, tool_calls: tuple[ToolCall, ...] = ()) -> Turn:
         """Record the answer (with the calls it makes to the client's tools). Pages the
@@ -464,7 +480,8 @@ class PagedSession:
             asked -= 1  # ...with every part of its first turn still in view
         messages += [_message(t, f"turn:{t.index}") for t in recent[:asked]]
         if request.prefetched:
-            text = "Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched])
+            parts = {p: turns for p, turns in self.brought_back(request).items() if p in request.cut}
+            text = "Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched], parts)
             messages.append(Message("system", text, "prefetch"))
         messages += [_message(t, f"turn:{t.index}") for t in recent[asked:]]
         for i, (call, result, _) in enumerate(request.recalls):
@@ -517,6 +534,7 @@ class PagedSession:
             "evicted": list(self.evicted()),
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),
+            "prefetched_in_part": list(request.cut),
             "recalled": list(request.recalled),
             "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),
             "prompt_tokens": prompt_tokens,

@@ -229,6 +229,7 @@ _SCHEMAS = {
             "evicted": {"type": "array", "items": {"type": "integer"}},
             "evicted_now": {"type": "array", "items": {"type": "integer"}},
             "prefetched": {"type": "array", "items": {"type": "integer"}},
+            "prefetched_in_part": {"type": "array", "items": {"type": "integer"}, "description": "prefetched pages shown as their best-matching turns, to fit the window"},
             "recalled": {"type": "array", "items": {"type": "integer"}},
             "recall_errors": {"type": "integer"},
             "prompt_tokens": {"type": "integer"},

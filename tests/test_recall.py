@@ -75,3 +75,13 @@ def test_render_recall_puts_the_whole_page_back():
     text = render_recall([page])
     assert text.startswith("[page 7, turns 21-22]")
     assert "Caroline: I adopted a cat named Miso" in text and "assistant: Lovely!" in text
+
+
+def test_render_recall_says_a_page_shown_in_part_is_an_excerpt():
+    from paged_context.pages import Page, Turn
+
+    turns = tuple(Turn(i, "user", f"line {i}") for i in range(10, 20))
+    page = Page(4, turns, 40)
+    text = render_recall([page], {4: turns[2:5]})
+    assert text.startswith("[page 4, turns 13-15 of 11-20; recall page 4 for all of it]")
+    assert "line 12" in text and "line 14" in text and "line 11" not in text and "line 15" not in text

@@ -328,3 +328,31 @@ def test_earlier_recall_rounds_give_way_when_the_window_is_full():
         if results[0].startswith("[shown earlier and dropped: pages"):
             break
     assert str(first) in results[0] and session.pages[second].turns[0].text in results[1] and len(tokens) <= budget
+
+
+def test_prefetched_pages_that_do_not_fit_whole_are_cut_to_the_turns_that_match_first():
+    """When the window is tight, a brought-back page shows the five turns around the one
+    the question names before any page is dropped; the rest stays recallable."""
+    from paged_context.text import approx_tokens
+
+    config = PagingConfig(boundary="fixed_10", recent_turns=2, resident_high=1, resident_low=1, policy="lru", prefetch_budget=2, match_budget=2)
+    session = PagedSession("s", config)
+    for i in range(30):
+        fact = "My locker code at the Porto gym is 4417." if i == 13 else f"note {i}: " + " ".join(f"word{i}x{j}" for j in range(12))
+        session.add_turn("user", fact)
+        session.add_turn("assistant", "Noted: locker 4417 in Porto." if i == 13 else f"answer {i}")
+    request = session.ask("What is my locker code at the Porto gym?")
+    page = next(p for p, pg in session.pages.items() if any("4417" in t.text for t in pg.turns))
+    assert request.prefetched[0] == page
+    encode = lambda messages: range(sum(approx_tokens(m.content) + 4 for m in messages))  # noqa: E731
+    roomy = len(encode(session.render(request)))
+    messages, tokens = session.render_within(request, None, encode, roomy - 60)
+    assert len(tokens) <= roomy - 60 and page in request.prefetched and page in request.cut
+    note = next(m.content for m in messages if m.segment == "prefetch")
+    shown = session.brought_back(request)[page]
+    assert len(shown) == 5 and any("4417" in t.text for t in shown) and f"recall page {page} for all of it" in note
+    assert all(t.text in note for t in shown) and not all(t.text in note for t in session.pages[page].turns)
+    assert session.report(request, 0, 0)["prefetched_in_part"] == list(request.cut)
+    assert page in session.recallable(request)  # the model may read the rest of a cut page
+    session.recall(request, "recall(...)", {"page_ids": [page]})
+    assert page not in request.prefetched and page not in request.cut

@@ -145,9 +145,10 @@ class Prepared:
 
     def _shown(self, session: PagedSession, request, messages: list[Message], asked: int) -> Shown:
         pages = {int(m.segment[5:]) for m in messages if m.segment.startswith("page:")}
-        pages |= set(request.prefetched) | set(request.recalled)
+        pages |= set(request.recalled)
         turns = {int(m.segment[5:]) for m in messages if m.segment.startswith("turn:")}
         turns |= {t.index for p in pages for t in session.pages[p].turns}
+        turns |= {t.index for shown in session.brought_back(request).values() for t in shown}
         turns.discard(len(self.lines))  # the question
         return Shown(frozenset(turns), message_tokens(messages) - asked)
 
