@@ -534,7 +534,10 @@ class PagedSession:
             "evicted": list(self.evicted()),
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),
-            "prefetched_in_part": list(request.cut),
+            "prefetched_in_part": [
+                {"page": p, "first_turn": turns[0].index, "last_turn": turns[-1].index}
+                for p, turns in self.brought_back(request).items() if p in request.cut
+            ],
             "recalled": list(request.recalled),
             "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),
             "prompt_tokens": prompt_tokens,

@@ -229,7 +229,15 @@ _SCHEMAS = {
             "evicted": {"type": "array", "items": {"type": "integer"}},
             "evicted_now": {"type": "array", "items": {"type": "integer"}},
             "prefetched": {"type": "array", "items": {"type": "integer"}},
-            "prefetched_in_part": {"type": "array", "items": {"type": "integer"}, "description": "prefetched pages shown as their best-matching turns, to fit the window"},
+            "prefetched_in_part": {
+                "type": "array",
+                "description": "prefetched pages shown only in part (their turns that match the question best), to fit the window",
+                "items": {
+                    "type": "object",
+                    "required": ["page", "first_turn", "last_turn"],
+                    "properties": {"page": {"type": "integer"}, "first_turn": {"type": "integer"}, "last_turn": {"type": "integer"}},
+                },
+            },
             "recalled": {"type": "array", "items": {"type": "integer"}},
             "recall_errors": {"type": "integer"},
             "prompt_tokens": {"type": "integer"},

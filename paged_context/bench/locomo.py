@@ -278,7 +278,8 @@ def answer(endpoint: Endpoint, context: Context, method: str, q: Question, run: 
             block = reply.paging
             paged_until = max((last + 1 for _, last in pages.values()), default=0)
             shown_pages = set(block["resident"]) | set(block["prefetched"]) | set(block["recalled"]) | set(block["pinned"])
-            seen = {t for p in shown_pages for t in range(pages[p][0], pages[p][1] + 1)} | set(range(paged_until, len(context.lines)))
+            shown_turns = {p: pages[p] for p in shown_pages} | {c["page"]: (c["first_turn"], c["last_turn"]) for c in block["prefetched_in_part"]}
+            seen = {t for first, last in shown_turns.values() for t in range(first, last + 1)} | set(range(paged_until, len(context.lines)))
             calls = block["rounds"] - 1
             fetched = {t for p in block["recalled"] for t in range(pages[p][0], pages[p][1] + 1)}
             record.update(prefetched=block["prefetched"], recalled=block["recalled"], recall_errors=block["recall_errors"])
