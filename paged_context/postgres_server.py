@@ -93,11 +93,15 @@ class PostgresServer:
         self.running = True
         return self
 
+    def halt(self) -> None:
+        """Stop the server and keep its data: `start` runs it again (an outage, in tests)."""
+        if self.running:
+            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
+            self.running = False
+
     def stop(self) -> None:
         try:
-            if self.running:
-                self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
-                self.running = False
+            self.halt()
         finally:
             if not self.keep:
                 shutil.rmtree(self.folder, ignore_errors=True)

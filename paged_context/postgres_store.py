@@ -107,9 +107,14 @@ class PostgresStore(SQLStore):
         where = _redacted(url)
         with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:  # fails at once when unreachable
             migrate(conn, where)
+        # check: a pooled connection the server ended while it sat idle (a restart, a
+        # failover, an idle timeout) is replaced before it is lent, not failed on a request.
+        # reconnect_timeout=0: a connection that cannot be made is not retried in the
+        # background, whose backoff doubles up to minutes; the next request that needs one
+        # connects at once, so the first one after the database is back succeeds.
         self._pool = ConnectionPool(
             url, kwargs={"autocommit": True}, min_size=min(2, pool_size), max_size=pool_size, timeout=timeout,
-            name=f"paged-context {where}", open=True,
+            name=f"paged-context {where}", open=True, check=ConnectionPool.check_connection, reconnect_timeout=0,
         )
         self._held = threading.local()  # per thread: session id -> the connection holding its lock
 

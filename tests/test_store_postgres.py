@@ -85,3 +85,43 @@ def test_bench_store_measures_both_backends_and_leaves_no_session(postgres_url, 
         assert store.sessions() == []
     assert list(tmp_path.glob("bench-store-*")) == []  # its temporary folder is gone
     assert cli.main(["bench", "store", "--db", "sqlite.db"]) == 2  # --db is for PostgreSQL
+
+
+def read_only(server, database, on):
+    """Make a database read-only (or writable again) for new connections, and end the
+    connections open to it, as a failover to a standby or a full disk's remount would."""
+    with psycopg.connect(server.url(), autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {database} {'SET default_transaction_read_only = on' if on else 'RESET default_transaction_read_only'}")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+
+@pytest.mark.slow
+def test_a_database_out_of_reach_or_read_only_gives_store_unavailable_and_loses_nothing():
+    """A PostgreSQL server that stops, restarts or turns read-only under a running store:
+    the writes meanwhile fail as StoreUnavailable (the server's 503) within the pool's
+    timeout, every committed turn is still there after, and the first write once the
+    server is back succeeds (the pool checks a connection before lending it)."""
+    from paged_context.postgres_server import PostgresServer, find_bindir
+    from paged_context.store import StoreUnavailable
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries")
+    with PostgresServer() as server:
+        url = server.create_database("faults")
+        with PostgresStore(url, pool_size=2, timeout=2) as store:
+            store.create_session("s")
+            store.append_turns("s", [Turn(0, "user", "kept"), Turn(1, "assistant", "kept too")])
+            server.halt()
+            with pytest.raises(StoreUnavailable):
+                store.append_turns("s", [Turn(2, "user", "lost: the database was down")])
+            with pytest.raises(StoreUnavailable):
+                store.turns("s")
+            server.start()
+            assert [t.text for t in store.turns("s")] == ["kept", "kept too"]  # nothing half written, nothing lost
+            store.append_turns("s", [Turn(2, "user", "after the restart")])
+            read_only(server, "faults", True)
+            with pytest.raises(StoreUnavailable, match="read-only transaction"):
+                store.append_turns("s", [Turn(3, "assistant", "refused: read-only")])
+            read_only(server, "faults", False)
+            store.append_turns("s", [Turn(3, "assistant", "written again")])
+            assert [t.text for t in store.turns("s")] == ["kept", "kept too", "after the restart", "written again"]
