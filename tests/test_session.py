@@ -330,17 +330,23 @@ def test_earlier_recall_rounds_give_way_when_the_window_is_full():
     assert str(first) in results[0] and session.pages[second].turns[0].text in results[1] and len(tokens) <= budget
 
 
+def locker_session(**options):
+    """30 exchanges in pages of 10 turns, the 14th telling a locker code."""
+    config = PagingConfig(boundary="fixed_10", recent_turns=2, resident_high=1, resident_low=1, policy="lru", prefetch_budget=2, match_budget=2)
+    session = PagedSession("s", dataclasses.replace(config, **options))
+    for i in range(30):
+        fact = "My locker code at the Porto gym is 4417." if i == 13 else f"note {i}: " + " ".join(f"word{i}x{j}" for j in range(12))
+        session.add_turn("user", fact)
+        session.add_turn("assistant", "Noted: locker 4417 in Porto." if i == 13 else f"answer {i}")
+    return session
+
+
 def test_prefetched_pages_that_do_not_fit_whole_are_cut_to_the_turns_that_match_first():
     """When the window is tight, a brought-back page shows the five turns around the one
     the question names before any page is dropped; the rest stays recallable."""
     from paged_context.text import approx_tokens
 
-    config = PagingConfig(boundary="fixed_10", recent_turns=2, resident_high=1, resident_low=1, policy="lru", prefetch_budget=2, match_budget=2)
-    session = PagedSession("s", config)
-    for i in range(30):
-        fact = "My locker code at the Porto gym is 4417." if i == 13 else f"note {i}: " + " ".join(f"word{i}x{j}" for j in range(12))
-        session.add_turn("user", fact)
-        session.add_turn("assistant", "Noted: locker 4417 in Porto." if i == 13 else f"answer {i}")
+    session = locker_session()
     request = session.ask("What is my locker code at the Porto gym?")
     page = next(p for p, pg in session.pages.items() if any("4417" in t.text for t in pg.turns))
     assert request.prefetched[0] == page
@@ -356,3 +362,20 @@ def test_prefetched_pages_that_do_not_fit_whole_are_cut_to_the_turns_that_match_
     assert page in session.recallable(request)  # the model may read the rest of a cut page
     session.recall(request, "recall(...)", {"page_ids": [page]})
     assert page not in request.prefetched and page not in request.cut
+
+
+def test_prefetch_turns_brings_pages_back_as_excerpts():
+    session = locker_session(prefetch_turns=3)
+    request = session.ask("What is my locker code at the Porto gym?")
+    page = request.prefetched[0]
+    shown = session.brought_back(request)
+    assert [len(turns) for turns in shown.values()] == [3] and any("4417" in t.text for t in shown[page])
+    note = next(m.content for m in session.render(request) if m.segment == "prefetch")
+    assert f"recall page {page} for all of it" in note and "note 10:" not in note
+    assert [c["page"] for c in session.report(request, 0, 0)["prefetched_in_part"]] == list(request.prefetched)
+    assert set(request.prefetched) <= set(session.recallable(request))
+    assert session.make_room(request) and request.prefetched == () and request.cut == ()  # 3 turns: nothing to cut, so it goes
+    whole = locker_session()
+    request = whole.ask("What is my locker code at the Porto gym?")
+    assert [len(turns) for turns in whole.brought_back(request).values()] == [10] and whole.report(request, 0, 0)["prefetched_in_part"] == []
+    assert not set(request.prefetched) & set(whole.recallable(request))

@@ -72,10 +72,10 @@ class Prepared:
     pages, a BM25 index of them, the dense vectors of its turns, and a paging session that
     has taken in the whole conversation (copied for each question)."""
 
-    def __init__(self, conversation: Conversation, boundary: str, embed: Callable[[Sequence[str]], np.ndarray] | None):
+    def __init__(self, conversation: Conversation, config: PagingConfig, embed: Callable[[Sequence[str]], np.ndarray] | None):
         self.lines = lines(conversation)
         turns = [replace(t, text=text) for t, text in zip(conversation.turns, self.lines)]
-        self.pages = {p.id: p for p in segment(turns, boundary)}
+        self.pages = {p.id: p for p in segment(turns, config.boundary)}
         self.index = BM25()
         for p in self.pages.values():
             self.index.add(p.id, content_terms(p.text))
@@ -83,7 +83,7 @@ class Prepared:
         self.page_of = np.zeros(len(self.lines), dtype=int)  # each turn's page
         for p in self.pages.values():
             self.page_of[[t.index for t in p.turns]] = p.id
-        self.session = PagedSession(conversation.id, PagingConfig(boundary=boundary), count_tokens=approx_tokens)
+        self.session = PagedSession(conversation.id, config, count_tokens=approx_tokens)
         for turn in turns:
             self.session.add_turn(turn.role, turn.text)
         # the pages asking closes (the question is one more turn), made once for all the
@@ -167,12 +167,13 @@ def contexts(prepared: Prepared, q: Question, budget: int, query_vector: np.ndar
 
 
 def run(conversations: Sequence[Conversation], questions: Sequence[Question], methods: Sequence[str], budgets: Sequence[int],
-        boundary: str, embedder=None) -> list[dict]:
-    """One record per (question, method, budget)."""
+        config: PagingConfig, embedder=None) -> list[dict]:
+    """One record per (question, method, budget); `config`: the paging session's options
+    (its boundary is the retrievers' pages too)."""
     by_conversation = {c.id: c for c in conversations}
     embed = embedder.encode if embedder is not None and ({"dense", "hybrid"} & set(methods)) else None
     wanted = {q.conversation for q in questions}
-    prepared = {c: Prepared(by_conversation[c], boundary, embed) for c in tqdm(sorted(wanted), desc="conversations", file=sys.stderr)}
+    prepared = {c: Prepared(by_conversation[c], config, embed) for c in tqdm(sorted(wanted), desc="conversations", file=sys.stderr)}
     vectors = embed([q.question for q in questions]) if embed else [None] * len(questions)
     records = []
     for q, vector in tqdm(list(zip(questions, vectors)), desc="questions", unit="q", file=sys.stderr):
@@ -267,13 +268,13 @@ def main(args) -> dict:
     questions = stratified(questions_of(conversations, args.categories), args.limit, args.seed)
     budgets = sorted(set(args.budgets))
     print(f"{len(questions)} questions x {len(methods)} methods x {len(budgets)} budgets from {data}", file=sys.stderr)
-    records = run(conversations, questions, methods, budgets, args.page, embedder)
+    records = run(conversations, questions, methods, budgets, PagingConfig(boundary=args.page, prefetch_turns=args.prefetch_turns), embedder)
     counts: dict[str, int] = {}
     for q in questions:
         counts[str(q.category)] = counts.get(str(q.category), 0) + 1
     summary = summarize(records, methods, budgets)
     result = {
-        "data": str(Path(data).resolve()), "page": args.page, "seed": args.seed, "limit": args.limit, "budgets": budgets,
+        "data": str(Path(data).resolve()), "page": args.page, "prefetch_turns": args.prefetch_turns, "seed": args.seed, "limit": args.limit, "budgets": budgets,
         "counts": counts, "methods": summary, "anchor": ANCHOR,
     }
     return publish(result, report(summary, budgets, counts, str(data)), args.out, "evidence", plot)
@@ -285,6 +286,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="prompt token budgets (default 500 1000 2000 4000)")
     p.add_argument("--categories", type=int, nargs="+", default=[1, 2, 3, 4], help="LoCoMo category numbers (default 1 2 3 4)")
     p.add_argument("--page", default="fixed_10", help="page boundary of the session and of the retrievers' pages (default fixed_10)")
+    p.add_argument("--prefetch-turns", type=int, default=0, metavar="N", help="the session shows N turns of each page it brings back, "
+                   "around the one the question names best (default 0: whole pages)")
     p.add_argument("--limit", type=int, help="a subset of this many questions, stratified by category and conversation")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified subset")
     p.add_argument("--dense-model", type=Path, help="a local sentence-transformers model directory for dense and hybrid (default: "

@@ -86,6 +86,7 @@ class Settings:
     resident: int = 5
     top_k: int = 3  # retrieved pages (bm25, word_overlap, search results)
     prefetch: int = 3  # the controller's prefetch budget
+    prefetch_turns: int = 0  # turns shown of each page the controller brings back (0: all)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,10 @@ def paging_options(method: str, settings: Settings) -> dict:
     """The paging server's options for a paged method (`bookmark_recall[:STRATEGY]`, `controller`)."""
     base, _, strategy = method.partition(":")
     if base == "controller":  # ours as the server runs it: the controller's prefetch and the pages the question names
-        options = {"policy": "learned", "prefetch_budget": settings.prefetch, "match_budget": PagingConfig.match_budget, "keywords": strategy or "distinctive"}
+        options = {
+            "policy": "learned", "prefetch_budget": settings.prefetch, "match_budget": PagingConfig.match_budget,
+            "prefetch_turns": settings.prefetch_turns, "keywords": strategy or "distinctive",
+        }
     else:  # the paper's: nothing comes back but what the model recalls
         options = {"policy": "lru", "prefetch_budget": 0, "match_budget": 0, "keywords": strategy or "heuristic"}
     return {"boundary": settings.page, "resident_low": settings.resident, "resident_high": settings.resident, **options}
@@ -526,7 +530,7 @@ def main(args) -> dict:
     if args.judge:
         separate = args.judge_endpoint or args.judge_model
         judge_endpoint = HTTPEndpoint(args.judge_endpoint or args.endpoint, args.judge_model or args.model, args.api_key) if separate else endpoint
-    settings = Settings(endpoint.model, str(Path(data).resolve()), args.context_tokens, args.window, args.max_tokens, args.page, args.resident, args.top_k, args.prefetch)
+    settings = Settings(endpoint.model, str(Path(data).resolve()), args.context_tokens, args.window, args.max_tokens, args.page, args.resident, args.top_k, args.prefetch, args.prefetch_turns)
     args.out.mkdir(parents=True, exist_ok=True)
     log = Log(args.out / "locomo.jsonl", settings)
     print(f"{len(questions)} questions x {len(methods)} methods, {len(conversations)} conversations from {data}", file=sys.stderr)
@@ -568,6 +572,8 @@ def add_arguments(p) -> None:
     p.add_argument("--resident", type=int, default=Settings.resident, help="resident pages k of the paged methods")
     p.add_argument("--top-k", type=int, default=Settings.top_k, help="pages bm25/word_overlap/search return")
     p.add_argument("--prefetch", type=int, default=Settings.prefetch, help="the controller's prefetch budget")
+    p.add_argument("--prefetch-turns", type=int, default=Settings.prefetch_turns, metavar="N",
+                   help="the controller shows N turns of each page it brings back, around the one the question names best (default 0: all)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (the engine batches them)")
     p.add_argument("--judge", action="store_true", help="also ask an LLM judge (CORRECT/WRONG, temperature 0)")
     p.add_argument("--judge-endpoint", help="the judge's endpoint (default: --endpoint)")
