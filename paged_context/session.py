@@ -73,7 +73,10 @@ class PagingConfig:
     window_low: int = 55  # ...evict down to this % (the window: the model's, less the answer's room)
     prefetch_budget: int = 3  # the controller brings pages back until a request has this many (0: none)...
     match_budget: int = 3  # ...counting first those a user's question brings back by naming them (word match)
-    prefetch_turns: int = 0  # a page brought back shows this many of its turns, around the one the question names best (0: all)
+    # a page brought back shows this many of its turns, around the one the question names
+    # best (0: all of it). Five, measured with the evaluation model on 150 LoCoMo dev
+    # questions: F1 0.392 against 0.374 for whole pages, in 31% fewer computed tokens
+    prefetch_turns: int = 5
     max_recall_ids: int = MAX_RECALL_IDS
     keywords: str = "distinctive"
     keyword_count: int = 4

@@ -77,6 +77,7 @@ def test_paged_methods_send_the_whole_conversation_with_their_options(conversati
     assert len(messages) == 42 and messages[0]["role"] == "system" and messages[-1]["content"].startswith("Question: Where?")
     ours = locomo.paging_options("controller", settings())
     assert ours["policy"] == "learned" and ours["prefetch_budget"] == 3 and ours["match_budget"] == PagingConfig.match_budget > 0
+    assert ours["prefetch_turns"] == PagingConfig.prefetch_turns
     options = locomo.paging_options("bookmark_recall:tfidf", settings(resident=2))
     assert options == {"boundary": "fixed_10", "resident_low": 2, "resident_high": 2, "policy": "lru", "prefetch_budget": 0, "match_budget": 0, "keywords": "tfidf"}
     assert locomo.check_method("bookmark_recall:random") == "bookmark_recall:random"
@@ -96,6 +97,18 @@ def test_log_resumes_and_refuses_other_settings(tmp_path):
     again.close()
     with pytest.raises(SystemExit, match="other settings"):
         locomo.Log(path, settings(context_tokens=300))
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_the_value_it_had(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    path = tmp_path / "locomo.jsonl"
+    old = {k: v for k, v in asdict(settings(prefetch_turns=0)).items() if k != "prefetch_turns"}  # whole pages, before the option
+    path.write_text(json.dumps({"type": "settings", "settings": old, "run": "r1"}) + "\n")
+    locomo.Log(path, settings(prefetch_turns=0)).close()
+    with pytest.raises(SystemExit, match="other settings"):
+        locomo.Log(path, settings(prefetch_turns=5))
 
 
 def test_summary_by_category_with_counts(conversations):

@@ -346,7 +346,7 @@ def test_prefetched_pages_that_do_not_fit_whole_are_cut_to_the_turns_that_match_
     the question names before any page is dropped; the rest stays recallable."""
     from paged_context.text import approx_tokens
 
-    session = locker_session()
+    session = locker_session(prefetch_turns=0)  # whole pages while they fit
     request = session.ask("What is my locker code at the Porto gym?")
     page = next(p for p, pg in session.pages.items() if any("4417" in t.text for t in pg.turns))
     assert request.prefetched[0] == page
@@ -375,7 +375,7 @@ def test_prefetch_turns_brings_pages_back_as_excerpts():
     assert [c["page"] for c in session.report(request, 0, 0)["prefetched_in_part"]] == list(request.prefetched)
     assert set(request.prefetched) <= set(session.recallable(request))
     assert session.make_room(request) and request.prefetched == () and request.cut == ()  # 3 turns: nothing to cut, so it goes
-    whole = locker_session()
+    whole = locker_session(prefetch_turns=0)
     request = whole.ask("What is my locker code at the Porto gym?")
     assert [len(turns) for turns in whole.brought_back(request).values()] == [10] and whole.report(request, 0, 0)["prefetched_in_part"] == []
     assert not set(request.prefetched) & set(whole.recallable(request))

@@ -286,8 +286,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="prompt token budgets (default 500 1000 2000 4000)")
     p.add_argument("--categories", type=int, nargs="+", default=[1, 2, 3, 4], help="LoCoMo category numbers (default 1 2 3 4)")
     p.add_argument("--page", default="fixed_10", help="page boundary of the session and of the retrievers' pages (default fixed_10)")
-    p.add_argument("--prefetch-turns", type=int, default=0, metavar="N", help="the session shows N turns of each page it brings back, "
-                   "around the one the question names best (default 0: whole pages)")
+    p.add_argument("--prefetch-turns", type=int, default=PagingConfig.prefetch_turns, metavar="N", help="the session shows N turns of each "
+                   f"page it brings back, around the one the question names best (0: whole pages; default {PagingConfig.prefetch_turns})")
     p.add_argument("--limit", type=int, help="a subset of this many questions, stratified by category and conversation")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified subset")
     p.add_argument("--dense-model", type=Path, help="a local sentence-transformers model directory for dense and hybrid (default: "

@@ -86,7 +86,11 @@ class Settings:
     resident: int = 5
     top_k: int = 3  # retrieved pages (bm25, word_overlap, search results)
     prefetch: int = 3  # the controller's prefetch budget
-    prefetch_turns: int = 0  # turns shown of each page the controller brings back (0: all)
+    prefetch_turns: int = PagingConfig.prefetch_turns  # turns shown of each page the controller brings back (0: all)
+
+
+# what a run's settings held before a setting existed: such a run resumes with its value
+BEFORE_SETTINGS = {"prefetch_turns": 0}
 
 
 @dataclass(frozen=True)
@@ -363,6 +367,7 @@ class Log:
         if path.exists():
             lines_ = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             saved = lines_[0].get("settings") if lines_ else None
+            saved = saved and {**BEFORE_SETTINGS, **saved}
             if saved != asdict(settings):
                 self.close()
                 raise SystemExit(f"{path} holds a run with other settings ({saved}); use another --out to start a new one")
@@ -573,7 +578,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=Settings.top_k, help="pages bm25/word_overlap/search return")
     p.add_argument("--prefetch", type=int, default=Settings.prefetch, help="the controller's prefetch budget")
     p.add_argument("--prefetch-turns", type=int, default=Settings.prefetch_turns, metavar="N",
-                   help="the controller shows N turns of each page it brings back, around the one the question names best (default 0: all)")
+                   help=f"the controller shows N turns of each page it brings back, around the one the question names best (0: all; default {Settings.prefetch_turns})")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (the engine batches them)")
     p.add_argument("--judge", action="store_true", help="also ask an LLM judge (CORRECT/WRONG, temperature 0)")
     p.add_argument("--judge-endpoint", help="the judge's endpoint (default: --endpoint)")
