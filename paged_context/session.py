@@ -89,6 +89,8 @@ class PagingConfig:
             raise ValueError(f"need 1 <= resident_low ({self.resident_low}) <= resident_high ({self.resident_high})")
         if not 1 <= self.window_low <= self.window_high <= 100:
             raise ValueError(f"need 1 <= window_low ({self.window_low}) <= window_high ({self.window_high}) <= 100")
+        if self.prefetch_turns < 0:
+            raise ValueError(f"prefetch_turns must be 0 (whole pages) or more, got {self.prefetch_turns}")
 
     def with_options(self, options: dict) -> "PagingConfig":
         """This config with a client's overrides (names as the fields), each checked: a

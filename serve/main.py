@@ -53,6 +53,10 @@ def build_parser():
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
     g.add_argument("--prefetch-budget", type=int, default=3, help="pages a request may bring back: those the question names first (--match-budget), then the controller's")
     g.add_argument("--match-budget", type=int, default=3, help="of those, pages a user's question may bring back by sharing their words")
+    g.add_argument(
+        "--prefetch-turns", type=int, default=5, metavar="N",
+        help="a page brought back shows its N turns around the one the question names best, and the model may recall the rest (0: whole pages; default 5)",
+    )
     g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
     g.add_argument(
         "--client-tool-parser", default="auto",
@@ -107,6 +111,7 @@ def paging_state(args, engine, tokenizer_count):
     config = PagingConfig(
         boundary=f"tokens_{args.page_tokens}", part_tokens=args.page_tokens, resident_low=args.resident[0], resident_high=args.resident[1],
         window_low=args.window_watermarks[0], window_high=args.window_watermarks[1], policy=args.policy, prefetch_budget=args.prefetch_budget, match_budget=args.match_budget,
+        prefetch_turns=args.prefetch_turns,
     )
     from .sessions import LoopBridge
 

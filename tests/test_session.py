@@ -379,3 +379,10 @@ def test_prefetch_turns_brings_pages_back_as_excerpts():
     request = whole.ask("What is my locker code at the Porto gym?")
     assert [len(turns) for turns in whole.brought_back(request).values()] == [10] and whole.report(request, 0, 0)["prefetched_in_part"] == []
     assert not set(request.prefetched) & set(whole.recallable(request))
+
+
+def test_prefetch_turns_is_checked():
+    with pytest.raises(ValueError, match="prefetch_turns must be 0"):
+        PagingConfig(prefetch_turns=-1)
+    with pytest.raises(ValueError, match="prefetch_turns must be an integer between 0 and 1000"):
+        PagingConfig().with_options({"prefetch_turns": -2})
