@@ -106,8 +106,9 @@ def steer(case, longest: int) -> bool:
         return False
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and ANSWER_TOKENS < value <= longest:  # valid stays valid
-            body[name] = 1 + value % ANSWER_TOKENS
+        # valid stays valid; 411.0 is an integer to JSON Schema, and to the server
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and ANSWER_TOKENS < value <= longest:
+            body[name] = 1 + int(value) % ANSWER_TOKENS
     messages = body.get("messages")
     if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages) and len(json.dumps(body)) % 4):
         return True
