@@ -8,7 +8,8 @@ rarely (a compaction), and otherwise only grows at its end, which an engine's pr
 keeps. Each evicted page leaves a bookmark, frozen when the page closed. For each new
 request the controller may prefetch a few evicted pages, a user's question brings back
 the pages whose words it shares most (`matching`), and the model may recall others with
-the `recall` tool.
+the `recall` tool. A page brought back shows its `prefetch_turns` turns around the one
+the request names best; the model may recall the rest.
 
 Turns are paged in units: a turn, or a part of a turn too long for a page (a large tool
 result is paged in parts; the store keeps it whole). An assistant turn that calls tools
@@ -20,7 +21,7 @@ The rendered prompt, deterministic for a given state, is a list of chat messages
     the turns of the pages in view at the last compaction, as the original messages
     system: bookmarks of the evicted pages (prefetched ones too: the list stays put)
     the turns of the pages closed since, and of those not yet paged (the recent turns)
-    system: the pages brought back for this request, when there are any
+    system: the pages brought back for this request, when there are any (excerpts)
     the request: the new user message, or the tool call and the results it is answered with
     (assistant recall call / tool result, per recall round)
 
