@@ -148,6 +148,9 @@ class Request:
     recalls: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (call, result, page ids)
     folded: int = 0  # bookmarks `make_room` folded to page numbers for this request, so the prompt fits
     cut: tuple[int, ...] = ()  # prefetched pages `make_room` cut to an excerpt, so the prompt fits
+    # (page, width) -> the excerpt shown: chosen once, as the prompt is rendered several
+    # times a request (the query and the pages' words do not change while pages are brought back)
+    excerpts: dict[tuple[int, int], tuple[Turn, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def recalled(self) -> tuple[int, ...]:
@@ -459,7 +462,12 @@ class PagedSession:
         out = {}
         for p in request.prefetched:
             width = self._width(request, p)
-            out[p] = self.pages[p].turns if width is None else self.matcher.excerpt(request.query, self.pages[p].turns, width)
+            if width is None:
+                out[p] = self.pages[p].turns
+                continue
+            if (p, width) not in request.excerpts:
+                request.excerpts[p, width] = self.matcher.excerpt(request.query, self.pages[p].turns, width)
+            out[p] = request.excerpts[p, width]
         return out
 
     def _width(self, request: Request, page_id: int) -> int | None:
