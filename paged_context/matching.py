@@ -55,7 +55,7 @@ class PageMatcher:
         if len(turns) <= width:
             return tuple(turns)
         idf = self.index.idf(terms(question))
-        weight = [sum(idf.get(t, 0.0) for t in set(terms(turn.said))) for turn in turns]
+        weight = [sum(idf.get(t, 0.0) for t in sorted(set(terms(turn.said)))) for turn in turns]  # in one order: a float sum depends on it
         best = max(range(len(turns)), key=lambda i: (weight[i], -i))
         start = min(max(best - width // 2, 0), len(turns) - width)
         return tuple(turns[start : start + width])
