@@ -453,8 +453,8 @@ class PagedSession:
 
     def recallable(self, request: Request) -> list[int]:
         """Evicted pages this request has not seen whole yet: what a recall call may name."""
-        shown = self.brought_back(request)
-        return [p for p in self.evicted() if len(shown.get(p, ())) < len(self.pages[p].turns) and p not in request.recalled]
+        partly = self.shown_in_part(request)
+        return [p for p in self.evicted() if (p not in request.prefetched or p in partly) and p not in request.recalled]
 
     def brought_back(self, request: Request) -> dict[int, tuple[Turn, ...]]:
         """The prefetched pages, each with the turns the prompt shows of it: all, or an
@@ -469,6 +469,10 @@ class PagedSession:
                 request.excerpts[p, width] = self.matcher.excerpt(request.query, self.pages[p].turns, width)
             out[p] = request.excerpts[p, width]
         return out
+
+    def shown_in_part(self, request: Request) -> dict[int, tuple[Turn, ...]]:
+        """The prefetched pages the prompt shows only some turns of, with those turns."""
+        return {p: turns for p, turns in self.brought_back(request).items() if len(turns) < len(self.pages[p].turns)}
 
     def _width(self, request: Request, page_id: int) -> int | None:
         """How many turns of a prefetched page the prompt shows (None: all)."""
@@ -507,7 +511,7 @@ class PagedSession:
             asked -= 1  # ...with every part of its first turn still in view
         messages += [_message(t, f"turn:{t.index}") for t in recent[:asked]]
         if request.prefetched:
-            parts = {p: turns for p, turns in self.brought_back(request).items() if len(turns) < len(self.pages[p].turns)}
+            parts = self.shown_in_part(request)
             text = "Pages brought back for this question:\n\n" + render_recall([self.pages[p] for p in request.prefetched], parts)
             messages.append(Message("system", text, "prefetch"))
         messages += [_message(t, f"turn:{t.index}") for t in recent[asked:]]
@@ -562,8 +566,7 @@ class PagedSession:
             "evicted_now": list(request.evicted_now),
             "prefetched": list(request.prefetched),
             "prefetched_in_part": [
-                {"page": p, "first_turn": turns[0].index, "last_turn": turns[-1].index}
-                for p, turns in self.brought_back(request).items() if len(turns) < len(self.pages[p].turns)
+                {"page": p, "first_turn": turns[0].index, "last_turn": turns[-1].index} for p, turns in self.shown_in_part(request).items()
             ],
             "recalled": list(request.recalled),
             "recall_errors": sum(1 for _, result, ids in request.recalls if not ids),
