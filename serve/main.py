@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from paged_context.session import PagingConfig
+
 from .llm import VLLM_DEFAULTS
 
 PAGING_ROUTES = ("/v1/chat/completions",)
@@ -51,11 +53,14 @@ def build_parser():
         help="when the prompt fills more than HIGH%% of the model's window, compact it to about LOW%% in one batch (default 55 85)",
     )
     g.add_argument("--policy", default="learned", help="eviction policy (learned: the Page Controller)")
-    g.add_argument("--prefetch-budget", type=int, default=3, help="pages a request may bring back: those the question names first (--match-budget), then the controller's")
-    g.add_argument("--match-budget", type=int, default=3, help="of those, pages a user's question may bring back by sharing their words")
     g.add_argument(
-        "--prefetch-turns", type=int, default=5, metavar="N",
-        help="a page brought back shows its N turns around the one the question names best, and the model may recall the rest (0: whole pages; default 5)",
+        "--prefetch-budget", type=int, default=PagingConfig.prefetch_budget,
+        help="pages a request may bring back: those the question names first (--match-budget), then the controller's",
+    )
+    g.add_argument("--match-budget", type=int, default=PagingConfig.match_budget, help="of those, pages a user's question may bring back by sharing their words")
+    g.add_argument(
+        "--prefetch-turns", type=int, default=PagingConfig.prefetch_turns, metavar="N",
+        help=f"a page brought back shows its N turns around the one the question names best, and the model may recall the rest (0: whole pages; default {PagingConfig.prefetch_turns})",
     )
     g.add_argument("--recall-rounds", type=int, default=2, help="recall rounds per request")
     g.add_argument(
@@ -102,7 +107,6 @@ def configure(args) -> argparse.Namespace:
 
 
 def paging_state(args, engine, tokenizer_count):
-    from paged_context.session import PagingConfig
     from paged_context.store import open_store
 
     from .routes import PagingState
