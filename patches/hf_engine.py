@@ -25,6 +25,10 @@ from .hf_generation import AnswerStream, LogitBias, RecallConstraint, schema_con
 from .kv_cache import KVCacheManager
 from .kv_pool import HostKVPool
 
+# As vLLM (its _SAMPLING_EPS): a temperature under this decodes greedily. Dividing the
+# logits by 1e-165 makes them infinite, and sampling from that raised a server error.
+GREEDY_BELOW = 1e-5
+
 
 class HFEngine:
     def __init__(
@@ -138,7 +142,7 @@ class HFEngine:
             processors.append(constraint)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        sample = sampling.temperature > 0
+        sample = sampling.temperature >= GREEDY_BELOW
         prompt = torch.tensor([ids], device=self.device)
         with torch.no_grad():
             out = self.model.generate(
