@@ -104,11 +104,23 @@ def test_a_run_written_before_a_setting_existed_resumes_with_the_value_it_had(tm
     from dataclasses import asdict
 
     path = tmp_path / "locomo.jsonl"
-    old = {k: v for k, v in asdict(settings(prefetch_turns=0)).items() if k != "prefetch_turns"}  # whole pages, before the option
+    then = settings(prefetch_turns=0, rank_by="question")  # whole pages, the bare question ranked: before either setting
+    old = {k: v for k, v in asdict(then).items() if k not in ("prefetch_turns", "rank_by")}
     path.write_text(json.dumps({"type": "settings", "settings": old, "run": "r1"}) + "\n")
-    locomo.Log(path, settings(prefetch_turns=0)).close()
-    with pytest.raises(SystemExit, match="other settings"):
-        locomo.Log(path, settings(prefetch_turns=5))
+    locomo.Log(path, then).close()
+    for now in (settings(prefetch_turns=5, rank_by="question"), settings(prefetch_turns=0)):
+        with pytest.raises(SystemExit, match="other settings"):
+            locomo.Log(path, now)
+
+
+def test_retrievers_rank_by_the_question_message_every_method_sends(conversations, monkeypatch):
+    asked = []
+    rank = locomo.rank_pages
+    monkeypatch.setattr(locomo, "rank_pages", lambda pages, query, how: asked.append(query) or rank(pages, query, how))
+    shown = locomo.Context(conversations[0], settings()).baseline("bm25", "Where was the marathon?")
+    assert asked == [shown.messages[-1]["content"]] == ["Question: Where was the marathon?\nShort answer:"]
+    locomo.Context(conversations[0], settings(rank_by="question")).baseline("word_overlap", "Where was the marathon?")
+    assert asked[-1] == "Where was the marathon?"  # how runs before the setting ranked
 
 
 def test_summary_by_category_with_counts(conversations):

@@ -87,10 +87,14 @@ class Settings:
     top_k: int = 3  # retrieved pages (bm25, word_overlap, search results)
     prefetch: int = 3  # the controller's prefetch budget
     prefetch_turns: int = PagingConfig.prefetch_turns  # turns shown of each page the controller brings back (0: all)
+    # what bm25 and word_overlap rank pages by: "message", the question as every method
+    # sends it (QUESTION), so they see what the paging server's question matching sees;
+    # "question", the bare question, which runs before 2026-12-02 used
+    rank_by: str = "message"
 
 
 # what a run's settings held before a setting existed: such a run resumes with its value
-BEFORE_SETTINGS = {"prefetch_turns": 0}
+BEFORE_SETTINGS = {"prefetch_turns": 0, "rank_by": "question"}
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,8 @@ class Context:
         if method == "search_tool":
             return Shown(self._prompt(system, question), seen)
         older = self.older(seen)
-        found = pick(older, rank_pages(list(older.values()), question, method), s.top_k, s.context_tokens // 2)
+        query = QUESTION.format(question=question) if s.rank_by == "message" else question
+        found = pick(older, rank_pages(list(older.values()), query, method), s.top_k, s.context_tokens // 2)
         if found:
             system += "\n\nOlder parts that may be relevant:\n" + "\n\n".join(p.text for p in found)
         return Shown(self._prompt(system, question), seen | {t.index for p in found for t in p.turns})
