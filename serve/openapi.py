@@ -386,7 +386,8 @@ _PATHS = {
     },
     "/paging/sessions/{session_id}": {
         "get": {
-            "tags": TAGS, "summary": "A session: its options, pages, bookmarks and residency", "operationId": "paged_get_session",
+            "tags": TAGS, "summary": "A session: its options, pages, bookmarks and residency (without waiting for an answer this replica is giving in it)",
+            "operationId": "paged_get_session",
             "parameters": [SESSION],
             "responses": {"200": _ok("PagedSession", "The session"), **_errors("401", "404", "503")},
         },

@@ -446,14 +446,17 @@ async def list_sessions(raw: Request):
         return _refusal(e, state)
 
 
-async def _on_session(raw: Request, session_id: str, action):
+async def _on_session(raw: Request, session_id: str, action, reads: bool = False):
     """Run `action(registry, session)` on a session held for it, in the request's worker
-    thread (opening a session writes its pages), with the API key check."""
+    thread (opening a session writes its pages), with the API key check. An action that
+    `reads` only does not wait for an answer being given in the session (`SessionRegistry.read`)."""
     state: PagingState = raw.app.state.paging
     try:
         owner = owner_of(raw, state)
         if not SESSION_ID.fullmatch(session_id):  # no such session can exist: the store is not asked
             raise Forbidden(session_id)
+        if reads:
+            return await state.sessions.read(session_id, owner, lambda session: action(state.sessions, session))
         async with state.sessions.writing(session_id, owner, create=False) as held:
             return await held.run(action, state.sessions, held.session)
     except PermissionError:
@@ -476,7 +479,7 @@ async def pin_route(session_id: str, page_id: int, raw: Request):
 
 
 async def get_session(session_id: str, raw: Request):
-    return await _on_session(raw, session_id, lambda sessions, session: _session_view(session))
+    return await _on_session(raw, session_id, lambda sessions, session: _session_view(session), reads=True)
 
 
 async def delete_session(session_id: str, raw: Request):

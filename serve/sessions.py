@@ -17,7 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence, TypeVar
 
 from paged_context.calls import CallSyntax
 from paged_context.messages import BadRequest, ChatTurn, Exchange
@@ -26,6 +26,7 @@ from paged_context.session import PagedSession, PagingConfig, Request
 from paged_context.store import PageStore, SessionBusy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -111,6 +112,7 @@ class SessionRegistry:
         self.versions: dict[str, int] = {}  # each open session's store version after this replica's last write
         self.used: OrderedDict[str, float] = OrderedDict()  # sessions with state here, least recently used first: when
         self.users: dict[str, int] = {}  # requests holding or waiting for each session
+        self.active: dict[str, Held] = {}  # the sessions a request of this replica holds now, and its hold
         self.evicted = 0  # sessions that left memory so far
         self._sweeper: asyncio.Task | None = None  # `sweep_idle`'s timer
 
@@ -190,6 +192,7 @@ class SessionRegistry:
                 held = Held(self, session_id)
                 try:
                     held.session = await asyncio.shield(held.run(held.take, owner, create, options))
+                    self.active[session_id] = held
                     yield held
                 except Exception as e:
                     if not isinstance(e, (BadRequest, Forbidden, SessionBusy)):
@@ -197,11 +200,31 @@ class SessionRegistry:
                         self.pending.pop(session_id, None)
                     raise
                 finally:
+                    if self.active.get(session_id) is held:
+                        del self.active[session_id]
                     # after whatever the request still runs in its thread, even when cancelled
                     await asyncio.shield(held.run(held.give_back))
                     held.thread.shutdown(wait=False)
         finally:
             self._use(session_id, -1)
+
+    async def read(self, session_id: str, owner: str | None, look: Callable[[PagedSession], T]) -> T:
+        """`look(session)` for a request that only reads an existing session, without
+        waiting for the answer a request of this replica is giving in it: it runs in that
+        request's thread, where the request makes every change to the session, so it sees
+        the session between two of its steps. A session no request here holds is taken as
+        `writing` takes it."""
+        held = self.active.get(session_id)
+        if held is None:
+            async with self.writing(session_id, owner, create=False) as held:
+                return await held.run(look, held.session)
+
+        def looking() -> T:
+            if held.session.owner != owner:
+                raise Forbidden(session_id)
+            return look(held.session)
+
+        return await held.run(looking)
 
     def get(self, session_id: str, owner: str | None, create: bool = True, options: dict | None = None) -> PagedSession:
         """The session, opened or created. `options`: paging options for a new session

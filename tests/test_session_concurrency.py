@@ -1,7 +1,8 @@
 """Concurrency inside one session, over real HTTP (`--engine hf`, the tiny random model):
 requests to one session at once are answered one after the other, in the order they
 came, and their turns are stored in that order; a client that goes away mid-stream
-leaves its answer stored whole, and gets it back when it asks again."""
+leaves its answer stored whole, and gets it back when it asks again; the session API
+reads a session without waiting for its answer."""
 
 import http.client
 import json
@@ -119,8 +120,8 @@ def test_a_client_gone_mid_stream_leaves_its_answer_stored_whole_and_gets_it_aga
         heard += response.fp.readline().decode()
     connection.sock.close()  # the client goes away
     connection.close()
-    # the answer goes on without the client; meanwhile the store holds the question alone
-    # (the session API would wait for the session), then the question and the whole answer
+    # the answer goes on without the client; meanwhile the store holds the question alone,
+    # then the question and the whole answer
     deadline = time.monotonic() + 300
     while len(held := stored(server, "gone")) != 2:
         assert held == [("user", question[0]["content"])] and time.monotonic() < deadline
@@ -135,6 +136,28 @@ def test_a_client_gone_mid_stream_leaves_its_answer_stored_whole_and_gets_it_aga
     # and the conversation goes on from it
     chat(server, "gone", [*question, {"role": "assistant", "content": text}, {"role": "user", "content": "And then?"}])
     assert turns(server, "gone") == 4
+
+
+def test_the_session_api_reads_a_session_without_waiting_for_its_answer(server, words):
+    """GET /paging/sessions/{id} while the session is answering a 1,000-token request: it
+    shows the question stored and no answer yet, before the answer is done."""
+    word, bias = words[3]
+    done = threading.Event()
+
+    def ask() -> None:
+        chat(server, "watched", [{"role": "user", "content": "A long answer, please."}], max_tokens=1000, logit_bias=bias)
+        done.set()
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not stored(server, "watched"):  # the question is stored: the answer is being given
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    view = server.get("/paging/sessions/watched")
+    assert not done.is_set() and view["id"] == "watched" and view["turns"] == 1
+    thread.join(300)
+    assert done.is_set() and turns(server, "watched") == 2
 
 
 def test_a_retry_while_the_first_try_is_answered_gets_the_same_answer(server, words):
