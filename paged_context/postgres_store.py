@@ -26,12 +26,16 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .store import SessionBusy, SQLStore, StoreUnavailable, pending_migrations
 from .text import TokenCounter, approx_tokens
 
 DEFAULT_POOL_SIZE = 16
+# A request waiting for a pooled connection looks this often whether PostgreSQL is out of
+# reach (the pool failed to connect meanwhile): then it fails at once, a 503 in about this
+# long instead of after the pool's whole timeout, which is for a pool that is only busy
+OUTAGE_CHECK_SECONDS = 1.0
 
 # The ordered schema migrations; the database records how many it has had in
 # paged_context_schema. Append, never edit one that a release shipped.
@@ -112,11 +116,32 @@ class PostgresStore(SQLStore):
         # reconnect_timeout=0: a connection that cannot be made is not retried in the
         # background, whose backoff doubles up to minutes; the next request that needs one
         # connects at once, so the first one after the database is back succeeds.
+        self._unreachable = False  # the pool's last connection attempt failed
         self._pool = ConnectionPool(
             url, kwargs={"autocommit": True}, min_size=min(2, pool_size), max_size=pool_size, timeout=timeout,
             name=f"paged-context {where}", open=True, check=ConnectionPool.check_connection, reconnect_timeout=0,
+            reconnect_failed=lambda pool: setattr(self, "_unreachable", True), configure=lambda conn: setattr(self, "_unreachable", False),
         )
         self._held = threading.local()  # per thread: session id -> the connection holding its lock
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection (as `ConnectionPool.connection` lends it), waited for up to
+        the pool's timeout while the pool is busy, but given up on as soon as the pool
+        fails to connect (`OUTAGE_CHECK_SECONDS`)."""
+        deadline = time.monotonic() + self._pool.timeout
+        while True:
+            try:
+                conn = self._pool.getconn(timeout=max(min(OUTAGE_CHECK_SECONDS, deadline - time.monotonic()), 0.001))
+                break
+            except PoolTimeout:
+                if self._unreachable or time.monotonic() >= deadline:
+                    raise
+        try:
+            with conn:  # a pooled connection is not closed on exit
+                yield conn
+        finally:
+            self._pool.putconn(conn)
 
     def _held_by_this_thread(self) -> dict[str, psycopg.Connection]:
         if not hasattr(self._held, "connections"):
@@ -139,7 +164,7 @@ class PostgresStore(SQLStore):
             with _faults(), held.transaction():
                 yield held
             return
-        with _faults(), self._pool.connection() as conn, conn.transaction():
+        with _faults(), self._connection() as conn, conn.transaction():
             yield conn
 
     def _read(self, sql, params=()):
@@ -147,13 +172,13 @@ class PostgresStore(SQLStore):
         if held is not None:  # a request reads on the connection holding its session, so it needs one, not two
             with _faults():
                 return held.execute(self._sql(sql), params).fetchall()
-        with _faults(), self._pool.connection() as conn:
+        with _faults(), self._connection() as conn:
             return conn.execute(self._sql(sql), params).fetchall()
 
     @contextmanager
     def hold(self, session_id, wait):
         key = lock_key("session", session_id)
-        with _faults(), self._pool.connection() as conn:
+        with _faults(), self._connection() as conn:
             deadline = time.monotonic() + wait
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                 if time.monotonic() >= deadline:

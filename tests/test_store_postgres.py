@@ -2,13 +2,14 @@
 pool. What every backend promises is in test_store_contract.py."""
 
 import threading
+import time
 
 import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
 from paged_context.pages import Turn  # noqa: E402
-from paged_context.postgres_store import MIGRATIONS, PostgresStore  # noqa: E402
+from paged_context.postgres_store import MIGRATIONS, OUTAGE_CHECK_SECONDS, PostgresStore  # noqa: E402
 from paged_context.store import StoreError, open_store  # noqa: E402
 
 
@@ -63,6 +64,27 @@ def test_a_holder_writes_and_reads_on_its_own_connection(postgres_url):
         assert store.version("s") == 2 and len(store.turns("s")) == 1
 
 
+def test_a_busy_pool_is_waited_for(postgres_url):
+    """A request waits for a pooled connection while another holds the only one, past the
+    outage check, when nothing failed to connect: busy is not out of reach."""
+    with open_store(postgres_url, pool_size=1, timeout=30) as store:
+        store.create_session("busy")
+        holding = threading.Event()
+
+        def hold() -> None:
+            with store.hold("busy", wait=1):
+                holding.set()
+                time.sleep(3 * OUTAGE_CHECK_SECONDS)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert store.session("busy") is not None  # on the pool's one connection, once it is back
+        assert time.monotonic() - started > 2 * OUTAGE_CHECK_SECONDS
+        holder.join()
+
+
 def test_an_unreachable_server_fails_at_open(tmp_path):
     with pytest.raises(psycopg.OperationalError):
         PostgresStore(f"postgresql://nobody@/pages?host={tmp_path}", timeout=2)
@@ -98,9 +120,10 @@ def read_only(server, database, on):
 @pytest.mark.slow
 def test_a_database_out_of_reach_or_read_only_gives_store_unavailable_and_loses_nothing():
     """A PostgreSQL server that stops, restarts or turns read-only under a running store:
-    the writes meanwhile fail as StoreUnavailable (the server's 503) within the pool's
-    timeout, every committed turn is still there after, and the first write once the
-    server is back succeeds (the pool checks a connection before lending it)."""
+    the writes meanwhile fail as StoreUnavailable (the server's 503) in seconds, not after
+    the pool's 30-second wait for a busy pool, every committed turn is still there after,
+    and the first write once the server is back succeeds (the pool checks a connection
+    before lending it)."""
     from paged_context.postgres_server import PostgresServer, find_bindir
     from paged_context.store import StoreUnavailable
 
@@ -108,14 +131,16 @@ def test_a_database_out_of_reach_or_read_only_gives_store_unavailable_and_loses_
         pytest.skip("no PostgreSQL binaries")
     with PostgresServer() as server:
         url = server.create_database("faults")
-        with PostgresStore(url, pool_size=2, timeout=2) as store:
+        with PostgresStore(url, pool_size=2, timeout=30) as store:
             store.create_session("s")
             store.append_turns("s", [Turn(0, "user", "kept"), Turn(1, "assistant", "kept too")])
             server.halt()
+            started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 store.append_turns("s", [Turn(2, "user", "lost: the database was down")])
             with pytest.raises(StoreUnavailable):
                 store.turns("s")
+            assert time.monotonic() - started < 10
             server.start()
             assert [t.text for t in store.turns("s")] == ["kept", "kept too"]  # nothing half written, nothing lost
             store.append_turns("s", [Turn(2, "user", "after the restart")])
