@@ -405,7 +405,7 @@ class SQLiteStore(SQLStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count_tokens = count_tokens
         self._lock = threading.Lock()
-        self._memory_locks: dict[str, threading.Lock] = {}
+        self._memory_locks: dict[str, tuple[threading.Lock, int]] = {}  # session -> its lock, and how many hold or wait for it
         self._memory_locks_guard = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._reopen = False  # open the connection again before its next use
@@ -495,15 +495,22 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def hold(self, session_id, wait):
-        if not self._file:  # one process: a lock of its own
+        if not self._file:  # one process: a lock of its own, kept while someone holds or waits for it
             with self._memory_locks_guard:
-                lock = self._memory_locks.setdefault(session_id, threading.Lock())
-            if not lock.acquire(timeout=max(wait, 0)):
-                raise SessionBusy(session_id, wait)
+                lock, users = self._memory_locks.get(session_id, (threading.Lock(), 0))
+                self._memory_locks[session_id] = (lock, users + 1)
             try:
-                yield
+                if not lock.acquire(timeout=max(wait, 0)):
+                    raise SessionBusy(session_id, wait)
+                try:
+                    yield
+                finally:
+                    lock.release()
             finally:
-                lock.release()
+                with self._memory_locks_guard:
+                    lock, users = self._memory_locks.pop(session_id)
+                    if users > 1:
+                        self._memory_locks[session_id] = (lock, users - 1)
             return
         # a lock file per session beside the database, for servers sharing the file
         folder = self.path.parent / f"{self.path.name}.locks"

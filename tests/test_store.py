@@ -131,10 +131,14 @@ def test_a_memory_store_holds_sessions_within_the_process():
             with pytest.raises(SessionBusy, match="busy after 0.05 s"):
                 with store.hold("s", wait=0.05):
                     pass
+            with pytest.raises(SessionBusy):  # a waiter giving up leaves the holder's lock in place
+                with store.hold("s", wait=0):
+                    pass
             with store.hold("t", wait=0):
                 pass
         with store.hold("s", wait=0):
             pass
+        assert store._memory_locks == {}  # a lock per session ever held would grow without end
 
 
 def test_open_store_takes_a_path_or_a_postgresql_url(tmp_path, monkeypatch):
