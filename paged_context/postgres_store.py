@@ -33,8 +33,8 @@ from .text import TokenCounter, approx_tokens
 
 DEFAULT_POOL_SIZE = 16
 # A request waiting for a pooled connection looks this often whether PostgreSQL is out of
-# reach (the pool failed to connect meanwhile): then it fails at once, a 503 in about this
-# long instead of after the pool's whole timeout, which is for a pool that is only busy
+# reach (the pool failed to connect while it waited): then it fails at once, a 503 in
+# about this long instead of after the pool's whole timeout, which is for a busy pool
 OUTAGE_CHECK_SECONDS = 1.0
 
 # The ordered schema migrations; the database records how many it has had in
@@ -116,26 +116,28 @@ class PostgresStore(SQLStore):
         # reconnect_timeout=0: a connection that cannot be made is not retried in the
         # background, whose backoff doubles up to minutes; the next request that needs one
         # connects at once, so the first one after the database is back succeeds.
-        self._unreachable = False  # the pool's last connection attempt failed
+        self._connect_failed = -float("inf")  # when the pool last failed to make a connection (monotonic)
         self._pool = ConnectionPool(
             url, kwargs={"autocommit": True}, min_size=min(2, pool_size), max_size=pool_size, timeout=timeout,
             name=f"paged-context {where}", open=True, check=ConnectionPool.check_connection, reconnect_timeout=0,
-            reconnect_failed=lambda pool: setattr(self, "_unreachable", True), configure=lambda conn: setattr(self, "_unreachable", False),
+            reconnect_failed=lambda pool: setattr(self, "_connect_failed", time.monotonic()),
         )
         self._held = threading.local()  # per thread: session id -> the connection holding its lock
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection (as `ConnectionPool.connection` lends it), waited for up to
-        the pool's timeout while the pool is busy, but given up on as soon as the pool
-        fails to connect (`OUTAGE_CHECK_SECONDS`)."""
-        deadline = time.monotonic() + self._pool.timeout
+        the pool's timeout while the pool is busy, but given up on once the pool failed
+        to connect while this request waited (`OUTAGE_CHECK_SECONDS`): a failure before
+        it (a server briefly at max_connections) does not shorten the wait."""
+        started = time.monotonic()
+        deadline = started + self._pool.timeout
         while True:
             try:
                 conn = self._pool.getconn(timeout=max(min(OUTAGE_CHECK_SECONDS, deadline - time.monotonic()), 0.001))
                 break
             except PoolTimeout:
-                if self._unreachable or time.monotonic() >= deadline:
+                if self._connect_failed >= started or time.monotonic() >= deadline:
                     raise
         try:
             with conn:  # a pooled connection is not closed on exit

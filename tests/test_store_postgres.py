@@ -66,9 +66,11 @@ def test_a_holder_writes_and_reads_on_its_own_connection(postgres_url):
 
 def test_a_busy_pool_is_waited_for(postgres_url):
     """A request waits for a pooled connection while another holds the only one, past the
-    outage check, when nothing failed to connect: busy is not out of reach."""
+    outage check, when nothing failed to connect while it waited (a failure before it
+    does not count): busy is not out of reach."""
     with open_store(postgres_url, pool_size=1, timeout=30) as store:
         store.create_session("busy")
+        store._pool.reconnect_failed()  # as if a connection attempt had failed a moment ago
         holding = threading.Event()
 
         def hold() -> None:
