@@ -115,6 +115,16 @@ def test_the_command_writes_a_report_by_category(sample, tmp_path, capsys):
     assert (out / "evidence.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "category 4 (n = 4)" in text and "controller+recall" in text
+    assert (result["prefetch_budget"], result["match_budget"]) == (PagingConfig.prefetch_budget, PagingConfig.match_budget)
+
+
+def test_the_sessions_prefetch_budgets_are_options(sample, monkeypatch):
+    path, _, _ = sample
+    configs, run = [], evidence.run
+    monkeypatch.setattr(evidence, "run", lambda *a: configs.append(a[4]) or run(*a))
+    result = evidence.main(arguments(data=path, methods=["controller"], budgets=[600], page="fixed_10", prefetch_budget=12, match_budget=12))
+    assert (result["prefetch_budget"], result["match_budget"]) == (12, 12)
+    assert (configs[0].prefetch_budget, configs[0].match_budget, configs[0].boundary) == (12, 12, "fixed_10")
 
 
 def test_unknown_methods_are_refused(sample):

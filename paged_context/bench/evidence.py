@@ -268,13 +268,15 @@ def main(args) -> dict:
     questions = stratified(questions_of(conversations, args.categories), args.limit, args.seed)
     budgets = sorted(set(args.budgets))
     print(f"{len(questions)} questions x {len(methods)} methods x {len(budgets)} budgets from {data}", file=sys.stderr)
-    records = run(conversations, questions, methods, budgets, PagingConfig(boundary=args.page, prefetch_turns=args.prefetch_turns), embedder)
+    config = PagingConfig(boundary=args.page, prefetch_turns=args.prefetch_turns, prefetch_budget=args.prefetch_budget, match_budget=args.match_budget)
+    records = run(conversations, questions, methods, budgets, config, embedder)
     counts: dict[str, int] = {}
     for q in questions:
         counts[str(q.category)] = counts.get(str(q.category), 0) + 1
     summary = summarize(records, methods, budgets)
     result = {
-        "data": str(Path(data).resolve()), "page": args.page, "prefetch_turns": args.prefetch_turns, "seed": args.seed, "limit": args.limit, "budgets": budgets,
+        "data": str(Path(data).resolve()), "page": args.page, "prefetch_turns": args.prefetch_turns, "prefetch_budget": args.prefetch_budget,
+        "match_budget": args.match_budget, "seed": args.seed, "limit": args.limit, "budgets": budgets,
         "counts": counts, "methods": summary, "anchor": ANCHOR,
     }
     return publish(result, report(summary, budgets, counts, str(data)), args.out, "evidence", plot)
@@ -288,6 +290,10 @@ def add_arguments(p) -> None:
     p.add_argument("--page", default="fixed_10", help="page boundary of the session and of the retrievers' pages (default fixed_10)")
     p.add_argument("--prefetch-turns", type=int, default=PagingConfig.prefetch_turns, metavar="N", help="the session shows N turns of each "
                    f"page it brings back, around the one the question names best (0: whole pages; default {PagingConfig.prefetch_turns})")
+    p.add_argument("--prefetch-budget", type=int, default=PagingConfig.prefetch_budget, metavar="N",
+                   help=f"pages the session brings back for a question (default {PagingConfig.prefetch_budget})")
+    p.add_argument("--match-budget", type=int, default=PagingConfig.match_budget, metavar="N",
+                   help=f"of those, pages the question names by sharing their words (default {PagingConfig.match_budget})")
     p.add_argument("--limit", type=int, help="a subset of this many questions, stratified by category and conversation")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified subset")
     p.add_argument("--dense-model", type=Path, help="a local sentence-transformers model directory for dense and hybrid (default: "
